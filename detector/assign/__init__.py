@@ -1,0 +1,1 @@
+"""Assigners: each returns an ``Assignment`` (specs/conventions.md §4)."""

@@ -1,0 +1,113 @@
+"""Anchor and point generators (specs/anchors.md).
+
+One location per feature-map cell; centres at ``(i + offset) * stride``. Levels are
+concatenated level-major, rows (y) outer, columns (x) inner (specs/conventions.md §3).
+"""
+import math
+
+import numpy as np
+
+from reference.conventions import DEFAULT_CENTER_OFFSET, DEFAULT_STRIDES, OCTAVE_BASE_SCALE
+
+
+def feature_sizes(image_size, strides=DEFAULT_STRIDES):
+    """Feature-map size of each level for an input of ``image_size`` (specs/anchors.md §1).
+
+    Args:
+        image_size: (H, W) in pixels of the (padded) input.
+        strides: L strides.
+
+    Returns:
+        list of L ``(H_l, W_l)`` with ``H_l = ceil(H / stride)``, ``W_l = ceil(W / stride)``.
+    """
+    height, width = _check_image_size(image_size)
+    return [(math.ceil(height / s), math.ceil(width / s)) for s in _check_strides(strides)]
+
+
+def level_points(feature_size, stride, center_offset=DEFAULT_CENTER_OFFSET):
+    """Points of one level (specs/anchors.md §2).
+
+    Args:
+        feature_size: (H_l, W_l).
+        stride: pixels per feature cell.
+        center_offset: centre of cell i is ``(i + center_offset) * stride``.
+
+    Returns:
+        (A_l, 2) float64 (x, y), A_l = H_l * W_l, rows (y) outer, columns (x) inner.
+    """
+    rows, cols = feature_size
+    points = np.zeros((rows * cols, 2))
+    for y in range(rows):
+        for x in range(cols):
+            points[y * cols + x] = ((x + center_offset) * stride, (y + center_offset) * stride)
+    return points
+
+
+def level_anchors(feature_size, stride, octave_base_scale=OCTAVE_BASE_SCALE, center_offset=DEFAULT_CENTER_OFFSET):
+    """Square anchors of one level, one per location (specs/anchors.md §3).
+
+    Args:
+        feature_size: (H_l, W_l).
+        stride: pixels per feature cell.
+        octave_base_scale: anchor side = octave_base_scale * stride (ATSS: 8).
+        center_offset: as in ``level_points``.
+
+    Returns:
+        (A_l, 4) float64 xyxy squares of side ``octave_base_scale * stride`` centred on
+        ``level_points(feature_size, stride, center_offset)``.
+    """
+    half = octave_base_scale * stride / 2
+    points = level_points(feature_size, stride, center_offset)
+    return np.concatenate([points - half, points + half], axis=1)
+
+
+def multi_level_points(image_size, strides=DEFAULT_STRIDES, center_offset=DEFAULT_CENTER_OFFSET):
+    """Points of all levels (specs/anchors.md §4).
+
+    Args:
+        image_size: (H, W) of the padded input.
+        strides: L strides.
+        center_offset: as in ``level_points``.
+
+    Returns:
+        points: (A, 2) float64, level-major.
+        point_strides: (A,) float64, the stride of each point's level.
+        num_points_per_level: list of L ints summing to A.
+    """
+    strides = _check_strides(strides)
+    sizes = feature_sizes(image_size, strides)
+    points = [level_points(size, s, center_offset) for size, s in zip(sizes, strides)]
+    point_strides = [np.full(len(p), float(s)) for p, s in zip(points, strides)]
+    return (
+        np.concatenate(points, axis=0) if points else np.zeros((0, 2)),
+        np.concatenate(point_strides) if point_strides else np.zeros(0),
+        [len(p) for p in points],
+    )
+
+
+def multi_level_anchors(
+    image_size, strides=DEFAULT_STRIDES, octave_base_scale=OCTAVE_BASE_SCALE, center_offset=DEFAULT_CENTER_OFFSET
+):
+    """ATSS anchors of all levels (specs/anchors.md §4).
+
+    Returns:
+        anchors: (A, 4) float64 xyxy, level-major.
+        num_anchors_per_level: list of L ints summing to A.
+    """
+    strides = _check_strides(strides)
+    sizes = feature_sizes(image_size, strides)
+    anchors = [level_anchors(size, s, octave_base_scale, center_offset) for size, s in zip(sizes, strides)]
+    return (np.concatenate(anchors, axis=0) if anchors else np.zeros((0, 4))), [len(a) for a in anchors]
+
+
+def _check_image_size(image_size):
+    if len(image_size) != 2 or any(int(v) != v or v < 0 for v in image_size):
+        raise ValueError(f"image_size: expected (H, W) non-negative integers, got {tuple(image_size)}")
+    return int(image_size[0]), int(image_size[1])
+
+
+def _check_strides(strides):
+    strides = list(strides)
+    if any(not (s > 0) for s in strides):
+        raise ValueError(f"strides: expected positive strides, got {strides}")
+    return strides

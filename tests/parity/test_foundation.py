@@ -1,0 +1,113 @@
+"""Parity of detector/{boxes,anchors,coders}.py with the reference on generated scenes.
+
+float64 on CPU: box metrics and anchors equal exactly (same operations in the same order);
+coders to 1e-12 relative (exp/log may differ by an ulp between NumPy and torch).
+"""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+
+from detector import anchors as DA  # noqa: E402
+from detector import boxes as DB  # noqa: E402
+from detector import coders as DC  # noqa: E402
+from reference import anchors as RA  # noqa: E402
+from reference import boxes as RB  # noqa: E402
+from reference import coders as RC  # noqa: E402
+from tests.strategies import gt_boxes, image_sizes, pred_deltas  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def t64(array, device="cpu"):
+    return torch.as_tensor(np.asarray(array), dtype=torch.float64, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(data=st.data())
+def test_pairwise_metrics_match_reference(device, data):
+    size = data.draw(image_sizes(max_side=1333))
+    a = data.draw(gt_boxes(size, 0, 20))
+    b = data.draw(gt_boxes(size, 0, 40))
+    for name in ["box_iou", "box_giou", "box_iof"]:
+        expected = getattr(RB, name)(a, b)
+        actual = getattr(DB, name)(t64(a, device), t64(b, device)).cpu().numpy()
+        np.testing.assert_array_equal(actual, expected, err_msg=name)
+    expected = RB.center_distances(a, RB.box_centers(b))
+    actual = DB.center_distances(t64(a, device), DB.box_centers(t64(b, device))).cpu().numpy()
+    # torch's float64 CPU sqrt is not always correctly rounded (1 ulp): specs/boxes.md §6
+    np.testing.assert_allclose(actual, expected, rtol=4e-16, atol=0)
+    points = RB.box_centers(b)
+    for eps in (0.0, 0.01):
+        expected = RB.points_inside_boxes(points, a, eps)
+        np.testing.assert_array_equal(DB.points_inside_boxes(t64(points, device), t64(a, device), eps).cpu().numpy(), expected)
+    n = min(len(a), len(b))
+    for name in ["aligned_box_iou", "aligned_box_giou"]:
+        expected = getattr(RB, name)(a[:n], b[:n])
+        np.testing.assert_array_equal(getattr(DB, name)(t64(a[:n], device), t64(b[:n], device)).cpu().numpy(), expected)
+
+
+@given(data=st.data())
+def test_float32_metrics_close(data):
+    size = data.draw(image_sizes(max_side=1333))
+    a, b = data.draw(gt_boxes(size, 1, 10)), data.draw(gt_boxes(size, 1, 10))
+    actual = DB.box_iou(torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32))
+    assert actual.dtype == torch.float32
+    np.testing.assert_allclose(actual.numpy(), RB.box_iou(a.astype(np.float32), b.astype(np.float32)), atol=2e-6)
+
+
+@given(st.integers(0, 1400), st.integers(0, 1400), st.sampled_from([0.0, 0.5]), st.integers(1, 5))
+def test_anchors_and_points_match_reference(height, width, offset, num_levels):
+    strides = (8, 16, 32, 64, 128)[:num_levels]
+    anchors, counts = RA.multi_level_anchors((height, width), strides, center_offset=offset)
+    t_anchors, t_counts = DA.multi_level_anchors((height, width), strides, center_offset=offset, dtype=torch.float64)
+    assert t_counts == counts
+    np.testing.assert_array_equal(t_anchors.numpy(), anchors)
+    points, point_strides, _ = RA.multi_level_points((height, width), strides, center_offset=offset)
+    t_points, t_strides, _ = DA.multi_level_points((height, width), strides, center_offset=offset, dtype=torch.float64)
+    np.testing.assert_array_equal(t_points.numpy(), points)
+    np.testing.assert_array_equal(t_strides.numpy(), point_strides)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(data=st.data())
+def test_coders_match_reference(device, data):
+    size = data.draw(image_sizes(max_side=640))
+    anchors, _ = RA.multi_level_anchors(size, (32, 64))
+    deltas = data.draw(pred_deltas(len(anchors)))
+    expected = RC.decode_deltas(anchors, deltas)
+    actual = DC.decode_deltas(t64(anchors, device), t64(deltas, device)).cpu().numpy()
+    np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(
+        DC.encode_deltas(t64(anchors, device), t64(expected, device)).cpu().numpy(),
+        RC.encode_deltas(anchors, expected),
+        rtol=1e-9,
+        atol=1e-9,
+    )
+    points, strides, _ = RA.multi_level_points(size, (32, 64))
+    distances = np.abs(deltas[: len(points)])
+    boxes = RC.decode_ltrb(points, distances, strides)
+    np.testing.assert_array_equal(DC.decode_ltrb(t64(points, device), t64(distances, device), t64(strides, device)).cpu().numpy(), boxes)
+    np.testing.assert_allclose(
+        DC.encode_ltrb(t64(points, device), t64(boxes, device), t64(strides, device)).cpu().numpy(),
+        RC.encode_ltrb(points, boxes, strides),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+
+
+def test_detector_rejects_bad_boxes_like_reference():
+    bad = [[0, 0, 1, 1], [0, 0, 1, float("nan")]]
+    with pytest.raises(ValueError, match="boxes1: row 1 has a NaN or Inf"):
+        DB.box_iou(torch.tensor(bad), torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="boxes2: row 0 has x2 < x1"):
+        DB.box_iou(torch.zeros(1, 4), torch.tensor([[5.0, 0, 4, 1]]))
+    with pytest.raises(ValueError, match="expected a real"):
+        DB.box_iou(torch.zeros(1, 4, dtype=torch.bool), torch.zeros(1, 4))
+
+
+def test_half_inputs_are_upcast_and_zero_area_gives_no_nan():
+    iou = DB.box_iou(torch.tensor([[3.0, 3, 3, 3]], dtype=torch.float16), torch.tensor([[3.0, 3, 3, 3]], dtype=torch.float16))
+    assert iou.dtype == torch.float32 and iou.item() == 0.0
