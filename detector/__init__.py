@@ -1,0 +1,1 @@
+"""labelassign detector: PyTorch twins of the reference assigners and the training pipeline."""

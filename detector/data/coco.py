@@ -1,0 +1,209 @@
+"""COCO-format detection dataset (specs/data.md §2).
+
+The annotation file is parsed and checked once, at construction; images are read lazily.
+pycocotools is not needed here (it is used only for evaluation).
+"""
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+CROWD_MODES = ("drop", "ignore")
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """A COCO detection dataset returning ``(image, target)``; specs/data.md §2.
+
+    Images are ordered by ascending image id. ``image`` is a (3, H, W) float32 RGB tensor in
+    [0, 1]. ``target`` is a dict:
+
+    - ``boxes``: (G, 4) float32 xyxy (continuous, no +1), clipped to the image;
+    - ``labels``: (G,) int64 in 0..K-1, index of the COCO category id in the ascending
+      ``category_ids``;
+    - ``ignore_boxes``: (I, 4) float32 xyxy crowd regions when ``crowd="ignore"``, else (0, 4);
+    - ``image_id``: int, the COCO image id;
+    - ``orig_size``: (H, W) ints of the image file;
+    - ``scale_factor``: (sx, sy) = (1.0, 1.0); ``Resize`` updates it;
+    - ``flipped``: False; ``RandomHorizontalFlip`` toggles it.
+
+    Attributes:
+        category_ids: list of K COCO category ids, ascending; ``category_ids[label]`` maps back.
+        category_names: list of K names in the same order.
+        image_ids: list of image ids in dataset order.
+        num_dropped_degenerate: number of annotations dropped as degenerate (non-finite, or
+            w <= 0 or h <= 0 after clipping to the image), crowd ones included.
+    """
+
+    def __init__(self, image_dir, ann_file, *, transforms=None, crowd="drop"):
+        if crowd not in CROWD_MODES:
+            raise ValueError(f"crowd: expected one of {CROWD_MODES}, got {crowd!r}")
+        self.image_dir = Path(image_dir)
+        self.ann_file = Path(ann_file)
+        self.transforms = transforms
+        self.crowd = crowd
+        data = _read_json(self.ann_file)
+        images = _parse_images(data, self.ann_file)
+        categories = _parse_categories(data, self.ann_file)
+        self.category_ids = sorted(categories)
+        self.category_names = [categories[c] for c in self.category_ids]
+        self.image_ids = sorted(images)
+        self._images = images
+        self._records, self.num_dropped_degenerate = _parse_annotations(
+            data, self.ann_file, images, {c: i for i, c in enumerate(self.category_ids)}
+        )
+        if self.num_dropped_degenerate:
+            logger.warning("%s: dropped %d degenerate annotation(s) (non-finite, or w <= 0 or h <= 0 after "
+                           "clipping to the image)", self.ann_file, self.num_dropped_degenerate)
+
+    def __len__(self):
+        return len(self.image_ids)
+
+    def __getitem__(self, index):
+        image_id = self.image_ids[index]
+        image = self._load_image(image_id)
+        target = self.get_target(index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def get_target(self, index):
+        """The target dict of item ``index`` before transforms (no image read)."""
+        image_id = self.image_ids[index]
+        info = self._images[image_id]
+        boxes, labels, ignore = [], [], []
+        for box, label, is_crowd in self._records.get(image_id, ()):
+            if not is_crowd:
+                boxes.append(box)
+                labels.append(label)
+            elif self.crowd == "ignore":
+                ignore.append(box)
+        return {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "ignore_boxes": torch.tensor(ignore, dtype=torch.float32).reshape(-1, 4),
+            "image_id": image_id,
+            "orig_size": (info["height"], info["width"]),
+            "scale_factor": (1.0, 1.0),
+            "flipped": False,
+        }
+
+    def _load_image(self, image_id):
+        """(3, H, W) float32 RGB in [0, 1]."""
+        info = self._images[image_id]
+        path = self.image_dir / info["file_name"]
+        if not path.is_file():
+            raise FileNotFoundError(f"image {image_id}: file not found: {path}")
+        with Image.open(path) as pil:
+            array = np.asarray(pil.convert("RGB"))
+        if array.shape[:2] != (info["height"], info["width"]):
+            raise ValueError(f"{path}: image is {array.shape[0]}x{array.shape[1]} (HxW) but {self.ann_file} "
+                             f"says {info['height']}x{info['width']} for image id {image_id}")
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a readable JSON file: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{path}: missing key {key!r} (a list) at the top level")
+    return data
+
+
+def _require(entry, key, kind, where):
+    """entry[key] checked to be of ``kind`` (int or str; bool is not an int)."""
+    if not isinstance(entry, dict) or key not in entry:
+        raise ValueError(f"{where}: missing key {key!r}")
+    value = entry[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"{where}: {key!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _parse_images(data, path):
+    """{image id: {"file_name", "height", "width"}}; raises ValueError on bad or duplicate entries."""
+    images = {}
+    for index, entry in enumerate(data["images"]):
+        where = f"{path}: images[{index}]"
+        image_id = _require(entry, "id", int, where)
+        where = f"{where} (id {image_id})"
+        if image_id in images:
+            raise ValueError(f"{where}: duplicate image id {image_id}")
+        record = {"file_name": _require(entry, "file_name", str, where)}
+        for key in ("height", "width"):
+            record[key] = _require(entry, key, int, where)
+            if record[key] <= 0:
+                raise ValueError(f"{where}: {key!r} must be positive, got {record[key]}")
+        images[image_id] = record
+    return images
+
+
+def _parse_categories(data, path):
+    """{category id: name}; raises ValueError on bad or duplicate entries."""
+    categories = {}
+    for index, entry in enumerate(data["categories"]):
+        where = f"{path}: categories[{index}]"
+        category_id = _require(entry, "id", int, where)
+        if category_id in categories:
+            raise ValueError(f"{where}: duplicate category id {category_id}")
+        categories[category_id] = str(entry.get("name", category_id))
+    return categories
+
+
+def _parse_annotations(data, path, images, label_of):
+    """Group annotations by image as (xyxy box, label, is_crowd); count dropped degenerate boxes."""
+    records, seen, dropped = {}, set(), 0
+    for index, entry in enumerate(data["annotations"]):
+        where = f"{path}: annotations[{index}]"
+        ann_id = _require(entry, "id", int, where)
+        where = f"{where} (id {ann_id})"
+        if ann_id in seen:
+            raise ValueError(f"{where}: duplicate annotation id {ann_id}")
+        seen.add(ann_id)
+        image_id = _require(entry, "image_id", int, where)
+        category_id = _require(entry, "category_id", int, where)
+        if image_id not in images:
+            raise ValueError(f"{where}: unknown image_id {image_id}")
+        if category_id not in label_of:
+            raise ValueError(f"{where}: unknown category_id {category_id}")
+        box = _xywh_to_clipped_xyxy(_parse_bbox(entry, where), images[image_id])
+        if box is None:
+            dropped += 1
+            continue
+        is_crowd = bool(entry.get("iscrowd", 0))
+        records.setdefault(image_id, []).append((box, label_of[category_id], is_crowd))
+    return records, dropped
+
+
+def _parse_bbox(entry, where):
+    bbox = entry.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox
+    ):
+        raise ValueError(f"{where}: 'bbox' must be a list of 4 numbers [x, y, w, h], got {bbox!r}")
+    return [float(v) for v in bbox]
+
+
+def _xywh_to_clipped_xyxy(bbox, image):
+    """COCO [x, y, w, h] -> xyxy clipped to [0, W] x [0, H]; None when degenerate."""
+    if not all(math.isfinite(v) for v in bbox):
+        return None
+    x, y, w, h = bbox
+    x1, x2 = min(max(x, 0.0), image["width"]), min(max(x + w, 0.0), image["width"])
+    y1, y2 = min(max(y, 0.0), image["height"]), min(max(y + h, 0.0), image["height"])
+    if x2 - x1 <= 0 or y2 - y1 <= 0:
+        return None
+    return [x1, y1, x2, y2]
