@@ -1,0 +1,273 @@
+"""Training targets from an assignment (specs/targets.md). Twin of ``reference/targets.py``.
+
+Vectorised over anchors, GTs and images: each single-image function is the ``*_batched``
+function on a batch of one. Targets are constants: they never require grad (the IoU
+target is computed from detached predictions, specs/targets.md §5).
+"""
+import torch
+
+from detector.boxes import aligned_box_iou
+from detector.conventions import BACKGROUND, IGNORE
+from detector.validation import as_boxes, as_points, as_values
+
+
+def class_targets(matched_gt, gt_labels, num_classes, scores=None, *, dtype=None):
+    """Classification targets and label weights (specs/targets.md §2).
+
+    Args:
+        matched_gt: (A,) integers in {IGNORE, BACKGROUND, 0..G-1}.
+        gt_labels: (G,) integers in 0..K-1.
+        num_classes: K >= 1.
+        scores: None for hard targets, or (A,) values in [0, 1] (soft targets of positives).
+        dtype: floating dtype of the results (default: that of ``scores``, else the
+            default dtype).
+
+    Returns:
+        targets: (A, K); one-hot (or score) rows for positives, zero rows otherwise.
+        label_weights: (A,); 0 for IGNORE anchors, 1 otherwise.
+    """
+    num_classes = _check_num_classes(num_classes)
+    gt_labels = _as_index_tensor(gt_labels, "gt_labels", 1)
+    bad = (gt_labels < 0) | (gt_labels >= num_classes)
+    if bool(bad.any()):
+        row = _first(bad)
+        raise ValueError(f"gt_labels: row {row} is {int(gt_labels[row])}, expected a class in 0..{num_classes - 1}")
+    matched_gt = _check_matched_gt(matched_gt, len(gt_labels))
+    scores = None if scores is None else _check_scores(scores, len(matched_gt))[None]
+    targets, weights = class_targets_batched(
+        matched_gt[None], gt_labels[None], num_classes, scores, torch.ones(1, len(gt_labels), dtype=torch.bool), dtype=dtype
+    )
+    return targets[0], weights[0]
+
+
+def box_targets(matched_gt, gt_boxes):
+    """Regression targets: the assigned GT box, zero rows for non-positives (specs/targets.md §3).
+
+    Args:
+        matched_gt: (A,) integers in {IGNORE, BACKGROUND, 0..G-1}.
+        gt_boxes: (G, 4) xyxy.
+
+    Returns:
+        (A, 4) in the dtype of ``gt_boxes``.
+    """
+    gt_boxes = as_boxes(gt_boxes, "gt_boxes")
+    matched_gt = _check_matched_gt(matched_gt, len(gt_boxes))
+    return box_targets_batched(matched_gt[None], gt_boxes[None])[0]
+
+
+def centerness_targets(centers, matched_gt, gt_boxes):
+    """Centerness of each anchor centre inside its assigned GT (specs/targets.md §4).
+
+    Args:
+        centers: (A, 2) (x, y).
+        matched_gt: (A,) integers in {IGNORE, BACKGROUND, 0..G-1}.
+        gt_boxes: (G, 4) xyxy.
+
+    Returns:
+        (A,) in [0, 1]; 0 for non-positives and where the centre is on or outside an edge.
+    """
+    centers = as_points(centers, "centers")
+    gt_boxes = as_boxes(gt_boxes, "gt_boxes")
+    matched_gt = _check_matched_gt(matched_gt, len(gt_boxes))
+    if len(centers) != len(matched_gt):
+        raise ValueError(f"centers: expected {len(matched_gt)} rows to pair with matched_gt, got {len(centers)}")
+    return centerness_targets_batched(centers, matched_gt[None], gt_boxes[None])[0]
+
+
+def iou_targets(pred_boxes, matched_gt, gt_boxes):
+    """IoU of each positive's (detached) predicted box with its assigned GT (specs/targets.md §5).
+
+    Args:
+        pred_boxes: (A, 4) xyxy decoded predictions; detached here.
+        matched_gt: (A,) integers in {IGNORE, BACKGROUND, 0..G-1}.
+        gt_boxes: (G, 4) xyxy.
+
+    Returns:
+        (A,) in [0, 1], no grad; 0 for non-positives and where the union is 0.
+    """
+    pred_boxes = as_boxes(pred_boxes, "pred_boxes")
+    gt_boxes = as_boxes(gt_boxes, "gt_boxes")
+    matched_gt = _check_matched_gt(matched_gt, len(gt_boxes))
+    if len(pred_boxes) != len(matched_gt):
+        raise ValueError(f"pred_boxes: expected {len(matched_gt)} rows to pair with matched_gt, got {len(pred_boxes)}")
+    return iou_targets_batched(pred_boxes[None], matched_gt[None], gt_boxes[None])[0]
+
+
+# ---------------------------------------------------------------------------------------
+# batched variants (no reference twin): GTs padded to G_max, gt_valid (B, G_max)
+
+
+def class_targets_batched(matched_gt, gt_labels, num_classes, scores=None, gt_valid=None, *, dtype=None):
+    """Batched :func:`class_targets` (specs/targets.md §1, §2).
+
+    Args:
+        matched_gt: (B, A) integers in {IGNORE, BACKGROUND, 0..G_max-1}, never a padded slot.
+        gt_labels: (B, G_max) integers; valid slots in 0..K-1 (padded slots are not read).
+        num_classes: K >= 1.
+        scores: None, or (B, A) soft targets in [0, 1].
+        gt_valid: (B, G_max) bool, or None for all valid.
+        dtype: floating dtype of the results.
+
+    Returns:
+        targets: (B, A, K); label_weights: (B, A).
+    """
+    num_classes = _check_num_classes(num_classes)
+    gt_labels = _as_index_tensor(gt_labels, "gt_labels", 2)
+    gt_valid = _check_gt_valid(gt_valid, gt_labels.shape)
+    bad = gt_valid & ((gt_labels < 0) | (gt_labels >= num_classes))
+    if bool(bad.any()):
+        row = _first(bad)
+        raise ValueError(f"gt_labels: row {row} is {int(gt_labels[row])}, expected a class in 0..{num_classes - 1}")
+    matched_gt = _check_matched_gt_batched(matched_gt, gt_valid)
+    if dtype is None:
+        dtype = scores.dtype if isinstance(scores, torch.Tensor) and scores.is_floating_point() else torch.get_default_dtype()
+
+    positive = matched_gt >= 0
+    labels = torch.where(positive, _gather(gt_labels.to(matched_gt.device), matched_gt), 0)  # (B, A); 0 if none
+    if scores is None:
+        values = positive.to(dtype)
+    else:
+        values = torch.where(positive, _check_scores(scores, matched_gt.shape[-1], batched=True).to(dtype), 0.0)
+    targets = torch.zeros(*matched_gt.shape, num_classes, dtype=dtype, device=matched_gt.device)
+    targets.scatter_(-1, labels[..., None], values[..., None].detach())
+    label_weights = (matched_gt != IGNORE).to(dtype)
+    return targets, label_weights
+
+
+def box_targets_batched(matched_gt, gt_boxes, gt_valid=None):
+    """Batched :func:`box_targets`: (B, A) ``matched_gt``, (B, G_max, 4) boxes -> (B, A, 4)."""
+    gt_boxes = as_boxes(gt_boxes, "gt_boxes", batched=True)
+    gt_valid = _check_gt_valid(gt_valid, gt_boxes.shape[:2])
+    matched_gt = _check_matched_gt_batched(matched_gt, gt_valid)
+    positive = (matched_gt >= 0)[..., None]
+    return torch.where(positive, _gather(gt_boxes.detach(), matched_gt), 0.0)
+
+
+def centerness_targets_batched(centers, matched_gt, gt_boxes, gt_valid=None):
+    """Batched :func:`centerness_targets`.
+
+    Args:
+        centers: (A, 2) shared by the batch, or (B, A, 2).
+        matched_gt: (B, A).
+        gt_boxes: (B, G_max, 4).
+        gt_valid: (B, G_max) bool or None.
+
+    Returns:
+        (B, A) in [0, 1].
+    """
+    assigned = box_targets_batched(matched_gt, gt_boxes, gt_valid)
+    centers = _check_centers(centers, assigned.shape[:2]).to(assigned.dtype).detach()
+    x, y = centers[..., 0], centers[..., 1]
+    ratio_x = _side_ratio(x - assigned[..., 0], assigned[..., 2] - x)
+    ratio_y = _side_ratio(y - assigned[..., 1], assigned[..., 3] - y)
+    positive = torch.as_tensor(matched_gt, device=assigned.device) >= 0
+    return torch.where(positive, torch.sqrt(ratio_x * ratio_y), 0.0)
+
+
+def iou_targets_batched(pred_boxes, matched_gt, gt_boxes, gt_valid=None):
+    """Batched :func:`iou_targets`: (B, A, 4) predictions -> (B, A), no grad."""
+    pred_boxes = as_boxes(pred_boxes, "pred_boxes", batched=True).detach()
+    assigned = box_targets_batched(matched_gt, gt_boxes, gt_valid)
+    if pred_boxes.shape != assigned.shape:
+        raise ValueError(f"pred_boxes: expected shape {tuple(assigned.shape)} to pair with matched_gt, got {tuple(pred_boxes.shape)}")
+    dtype = torch.promote_types(pred_boxes.dtype, assigned.dtype)
+    iou = aligned_box_iou(pred_boxes.reshape(-1, 4).to(dtype), assigned.reshape(-1, 4).to(dtype)).reshape(assigned.shape[:2])
+    positive = torch.as_tensor(matched_gt, device=assigned.device) >= 0
+    return torch.where(positive, iou, 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+
+def _side_ratio(near, far):
+    """min / max of two distances to opposite sides; 0 when the smaller one is <= 0."""
+    low, high = torch.minimum(near, far), torch.maximum(near, far)
+    inside = low > 0
+    return torch.where(inside, low / torch.where(inside, high, torch.ones_like(high)), 0.0)
+
+
+def _gather(values, matched_gt):
+    """values (B, G, ...) gathered at matched_gt (B, A) (clamped to 0) -> (B, A, ...)."""
+    batch, num_anchors = matched_gt.shape
+    if values.shape[1] == 0:
+        return torch.zeros(batch, num_anchors, *values.shape[2:], dtype=values.dtype, device=values.device)
+    index = matched_gt.clamp(min=0).to(values.device)
+    index = index.reshape(batch, num_anchors, *([1] * (values.ndim - 2))).expand(batch, num_anchors, *values.shape[2:])
+    return torch.gather(values, 1, index)
+
+
+def _as_index_tensor(values, name, ndim):
+    tensor = torch.as_tensor(values)
+    if tensor.ndim != ndim or tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
+        shape = "(A,)" if ndim == 1 else "(B, N)"
+        raise ValueError(f"{name}: expected a {shape} integer tensor, got shape {tuple(tensor.shape)} dtype {tensor.dtype}")
+    return tensor.long()
+
+
+def _check_matched_gt(matched_gt, num_gts):
+    tensor = _as_index_tensor(matched_gt, "matched_gt", 1)
+    bad = (tensor < IGNORE) | (tensor >= num_gts)
+    if bool(bad.any()):
+        row = _first(bad)
+        raise ValueError(
+            f"matched_gt: row {row} is {int(tensor[row])}, expected {IGNORE}, {BACKGROUND} or a GT index below {num_gts}"
+        )
+    return tensor
+
+
+def _check_num_classes(num_classes):
+    if isinstance(num_classes, bool) or not hasattr(num_classes, "__index__") or int(num_classes) < 1:
+        raise ValueError(f"num_classes: expected a positive int, got {num_classes!r}")
+    return int(num_classes)
+
+
+def _check_matched_gt_batched(matched_gt, gt_valid):
+    tensor = _as_index_tensor(matched_gt, "matched_gt", 2)
+    if tensor.shape[0] != gt_valid.shape[0]:
+        raise ValueError(f"matched_gt: expected {gt_valid.shape[0]} images, got {tensor.shape[0]}")
+    num_gts = gt_valid.shape[1]
+    bad = (tensor < IGNORE) | (tensor >= num_gts)
+    if not bool(bad.any()) and num_gts > 0:
+        bad = (tensor >= 0) & ~_gather(gt_valid.to(tensor.device), tensor)
+    if bool(bad.any()):
+        row = _first(bad)
+        raise ValueError(f"matched_gt: row {row} is {int(tensor[row])}, not {IGNORE}, {BACKGROUND} or a valid GT of its image")
+    return tensor
+
+
+def _check_gt_valid(gt_valid, shape):
+    if gt_valid is None:
+        return torch.ones(tuple(shape), dtype=torch.bool)
+    gt_valid = torch.as_tensor(gt_valid)
+    if gt_valid.dtype != torch.bool or tuple(gt_valid.shape) != tuple(shape):
+        raise ValueError(f"gt_valid: expected a bool tensor of shape {tuple(shape)}, got {gt_valid.dtype} {tuple(gt_valid.shape)}")
+    return gt_valid
+
+
+def _check_scores(scores, num_anchors, batched=False):
+    scores = as_values(scores, "scores", ndim=2 if batched else 1)
+    if scores.shape[-1] != num_anchors:
+        raise ValueError(f"scores: expected {num_anchors} values per image to pair with matched_gt, got {scores.shape[-1]}")
+    bad = (scores < 0) | (scores > 1)
+    if bool(bad.any()):
+        row = _first(bad)
+        raise ValueError(f"scores: row {row} is {float(scores[row])}, expected a value in [0, 1]")
+    return scores
+
+
+def _check_centers(centers, batch_shape):
+    centers = torch.as_tensor(centers) if not isinstance(centers, torch.Tensor) else centers
+    if centers.ndim == 2:
+        centers = as_points(centers, "centers")[None].expand(batch_shape[0], -1, -1)
+    else:
+        flat = as_points(centers.reshape(-1, 2), "centers")
+        centers = flat.reshape(centers.shape)
+    if tuple(centers.shape) != (*batch_shape, 2):
+        raise ValueError(f"centers: expected shape (A, 2) or (B, A, 2) with A = {batch_shape[1]}, got {tuple(centers.shape)}")
+    return centers
+
+
+def _first(mask):
+    index = torch.nonzero(mask)[0].tolist()
+    return index[0] if len(index) == 1 else tuple(index)

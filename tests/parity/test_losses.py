@@ -1,0 +1,219 @@
+"""Parity of detector/losses.py (and the torchvision ops it uses) with reference/losses.py.
+
+float64: equal to 1e-9 relative (the formulas are the same up to operation order and
+torch's own BCE-with-logits kernel). float32: close to the float64 reference within
+float32 rounding. The batched loss step equals the reference per-image sums reduced as
+one batch (specs/losses.md §6, §7).
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+
+from detector import losses as DL  # noqa: E402
+from detector.coders import decode_deltas as torch_decode_deltas  # noqa: E402
+from reference import losses as RL  # noqa: E402
+from reference.anchors import multi_level_anchors  # noqa: E402
+from reference.conventions import IGNORE  # noqa: E402
+from tests.strategies import gt_boxes, image_sizes, pred_deltas  # noqa: E402
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")])]
+F64 = dict(rtol=1e-9, atol=1e-12)
+F32 = dict(rtol=2e-5, atol=2e-5)
+
+
+def tensor(array, dtype=torch.float64, device="cpu"):
+    return torch.as_tensor(np.asarray(array), dtype=dtype, device=device)
+
+
+def numpy(value):
+    return value.detach().cpu().double().numpy()
+
+
+@st.composite
+def logits_and_targets(draw):
+    n = draw(st.integers(1, 30))
+    logits = draw(st.lists(st.floats(-60, 60) | st.sampled_from([-50.0, 50.0, 0.0]), min_size=n, max_size=n))
+    targets = draw(st.lists(st.floats(0, 1) | st.sampled_from([0.0, 1.0]), min_size=n, max_size=n))
+    return np.array(logits), np.array(targets)
+
+
+ELEMENTWISE = [
+    ("bce_with_logits", {}),
+    ("sigmoid_focal_loss", {}),
+    ("sigmoid_focal_loss", {"alpha": None, "gamma": 1.5}),
+    ("quality_focal_loss", {}),
+    ("varifocal_loss", {}),
+    ("varifocal_loss", {"iou_weighted": False}),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(logits_and_targets())
+def test_elementwise_losses_match_reference(device, inputs):
+    """Includes torchvision.ops.sigmoid_focal_loss (the focal twin) against the reference."""
+    logits, targets = inputs
+    for name, options in ELEMENTWISE:
+        expected = getattr(RL, name)(logits, targets, **options)
+        actual = getattr(DL, name)(tensor(logits, device=device), tensor(targets, device=device), **options)
+        assert actual.dtype == torch.float64
+        np.testing.assert_allclose(numpy(actual), expected, **F64, err_msg=name)
+        actual32 = getattr(DL, name)(tensor(logits, torch.float32, device), tensor(targets, torch.float32, device), **options)
+        assert actual32.dtype == torch.float32 and bool(torch.isfinite(actual32).all())
+        expected32 = getattr(RL, name)(logits.astype(np.float32), targets.astype(np.float32), **options)
+        np.testing.assert_allclose(numpy(actual32), expected32, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@given(data=st.data())
+def test_box_losses_match_reference(data):
+    size = data.draw(image_sizes(max_side=400))
+    first = data.draw(gt_boxes(size, 1, 20))
+    second = data.draw(gt_boxes(size, len(first), len(first)))
+    for name, options in [("giou_loss", {}), ("iou_loss", {}), ("iou_loss", {"mode": "linear"})]:
+        expected = getattr(RL, name)(first, second, **options)
+        actual = getattr(DL, name)(tensor(first), tensor(second), **options)
+        np.testing.assert_allclose(numpy(actual), expected, **F64, err_msg=name)
+        actual32 = getattr(DL, name)(tensor(first, torch.float32), tensor(second, torch.float32), **options)
+        np.testing.assert_allclose(numpy(actual32), expected, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+@given(data=st.data())
+def test_torchvision_box_ops_match_reference_on_positive_area_boxes(data):
+    """torchvision's pairwise GIoU / IoU equal ours where no 0/0 occurs (they return NaN there)."""
+    size = data.draw(image_sizes(max_side=400))
+    boxes = data.draw(gt_boxes(size, 1, 15))
+    boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+    from reference.boxes import box_giou, box_iou
+
+    np.testing.assert_allclose(numpy(torchvision.ops.generalized_box_iou(tensor(boxes), tensor(boxes))), box_giou(boxes, boxes), **F64)
+    np.testing.assert_allclose(numpy(torchvision.ops.box_iou(tensor(boxes), tensor(boxes))), box_iou(boxes, boxes), **F64)
+    giou_loss_tv = torchvision.ops.generalized_box_iou_loss(tensor(boxes), tensor(boxes.copy()[::-1].copy()), reduction="none")
+    np.testing.assert_allclose(numpy(giou_loss_tv), RL.giou_loss(boxes, boxes[::-1]), rtol=1e-6, atol=1e-6)  # tv adds eps=1e-7
+
+
+# ---------------------------------------------------------------------------------------
+# the loss step
+
+
+@st.composite
+def loss_batches(draw, max_side=192):
+    """B images sharing anchors: random assignments (IGNORE/BACKGROUND/GT), padded GTs."""
+    size = draw(image_sizes(max_side=max_side, min_side=32))
+    anchors, _ = multi_level_anchors(size, (8, 16, 32))
+    num_anchors = len(anchors)
+    batch = draw(st.integers(1, 3))
+    num_classes = draw(st.integers(1, 5))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    images = []
+    for _ in range(batch):
+        gts = draw(gt_boxes(size, 0, 8))
+        deltas = draw(pred_deltas(num_anchors))
+        pred = numpy(torch_decode_deltas(tensor(anchors), tensor(deltas)))
+        matched = rng.integers(IGNORE, len(gts), size=num_anchors) if len(gts) else rng.integers(IGNORE, 0, size=num_anchors)
+        # mostly background, as in real assignments
+        matched = np.where(rng.uniform(size=num_anchors) < 0.6, -1, matched).astype(np.int64)
+        images.append(
+            dict(
+                cls_logits=rng.normal(-2.0, 3.0, size=(num_anchors, num_classes)),
+                pred_boxes=pred,
+                quality_logits=rng.normal(size=num_anchors),
+                centers=(anchors[:, :2] + anchors[:, 2:]) / 2,
+                matched_gt=matched,
+                gt_boxes=gts,
+                gt_labels=rng.integers(0, num_classes, size=len(gts)),
+            )
+        )
+    return images
+
+
+def pad_batch(images, dtype=torch.float64, device="cpu"):
+    g_max = max(len(image["gt_boxes"]) for image in images) + 1  # always one padded slot
+    batch = len(images)
+    gt_boxes = torch.zeros(batch, g_max, 4, dtype=dtype, device=device)
+    gt_labels = torch.full((batch, g_max), -1, dtype=torch.int64, device=device)
+    gt_valid = torch.zeros(batch, g_max, dtype=torch.bool, device=device)
+    for b, image in enumerate(images):
+        g = len(image["gt_boxes"])
+        gt_boxes[b, :g] = tensor(image["gt_boxes"], dtype, device)
+        gt_labels[b, :g] = torch.as_tensor(image["gt_labels"], device=device)
+        gt_valid[b, :g] = True
+    stack = lambda key: torch.stack([tensor(image[key], dtype, device) for image in images])  # noqa: E731
+    return dict(
+        cls_logits=stack("cls_logits"),
+        pred_boxes=stack("pred_boxes"),
+        quality_logits=stack("quality_logits"),
+        centers=tensor(images[0]["centers"], dtype, device),
+        matched_gt=torch.stack([torch.as_tensor(image["matched_gt"], device=device) for image in images]),
+        gt_boxes=gt_boxes,
+        gt_labels=gt_labels,
+        gt_valid=gt_valid,
+    )
+
+
+OPTIONS = st.tuples(st.sampled_from(DL.CLS_LOSSES), st.sampled_from(DL.BOX_LOSSES), st.sampled_from(DL.QUALITY_BRANCHES))
+
+
+def reference_terms(images, cls_loss, box_loss, quality, box_loss_weight=2.0):
+    sums = []
+    for image in images:
+        image = dict(image) | ({"quality_logits": None} if quality == "none" else {})
+        sums.append(RL.loss_sums(**image, cls_loss=cls_loss, box_loss=box_loss, quality=quality))
+    return RL.reduce_loss_sums(sums, box_loss_weight)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(loss_batches(), OPTIONS)
+@settings(max_examples=40)
+def test_batched_loss_step_equals_reference_batch(device, images, options):
+    cls_loss, box_loss, quality = options
+    expected = reference_terms(images, *options)
+    batch = pad_batch(images, device=device)
+    if quality == "none":
+        batch["quality_logits"] = None
+    actual = DL.detection_losses_batched(**batch, cls_loss=cls_loss, box_loss=box_loss, quality=quality)
+    assert set(actual) == set(expected)
+    for key in expected:
+        assert actual[key].dtype == torch.float64
+        np.testing.assert_allclose(numpy(actual[key]), expected[key], **F64, err_msg=key)
+
+    batch32 = pad_batch(images, torch.float32, device)
+    if quality == "none":
+        batch32["quality_logits"] = None
+    actual32 = DL.detection_losses_batched(**batch32, cls_loss=cls_loss, box_loss=box_loss, quality=quality)
+    for key in expected:
+        assert actual32[key].dtype == torch.float32
+        # decoded boxes rounded to float32 move IoU targets by ~1e-7 relative
+        np.testing.assert_allclose(numpy(actual32[key]), expected[key], rtol=1e-4, atol=1e-4, err_msg=key)
+
+
+@given(loss_batches(), OPTIONS)
+@settings(max_examples=30)
+def test_single_image_loss_step_and_sums_match_reference(images, options):
+    cls_loss, box_loss, quality = options
+    image = dict(images[0]) | ({"quality_logits": None} if quality == "none" else {})
+    expected = RL.loss_sums(**image, cls_loss=cls_loss, box_loss=box_loss, quality=quality)
+    as_torch = {key: (value if value is None or key in ("matched_gt", "gt_labels") else tensor(value)) for key, value in image.items()}
+    as_torch["matched_gt"] = torch.as_tensor(image["matched_gt"])
+    as_torch["gt_labels"] = torch.as_tensor(image["gt_labels"])
+    actual = DL.loss_sums(**as_torch, cls_loss=cls_loss, box_loss=box_loss, quality=quality)
+    assert set(actual) == set(expected)
+    assert int(actual["num_pos"]) == expected["num_pos"]
+    for key in set(expected) - {"num_pos"}:
+        np.testing.assert_allclose(numpy(actual[key]), expected[key], **F64, err_msg=key)
+    terms = DL.detection_losses(**as_torch, cls_loss=cls_loss, box_loss=box_loss, quality=quality, box_loss_weight=1.5)
+    expected_terms = RL.detection_losses(**image, cls_loss=cls_loss, box_loss=box_loss, quality=quality, box_loss_weight=1.5)
+    for key in expected_terms:
+        np.testing.assert_allclose(numpy(terms[key]), expected_terms[key], **F64, err_msg=key)
+
+
+@given(st.lists(st.floats(0, 50), min_size=0, max_size=10), st.data())
+def test_weighted_mean_matches_reference(values, data):
+    weights = data.draw(st.lists(st.sampled_from([0.0, 0.5]) | st.floats(0, 1), min_size=len(values), max_size=len(values)))
+    expected = RL.weighted_mean(np.array(values), np.array(weights))
+    actual = DL.weighted_mean(tensor(values), tensor(weights))
+    np.testing.assert_allclose(numpy(actual), expected, **F64)
+    for count in (0, 1, 7):
+        assert float(DL.num_pos_normalizer(count)) == RL.num_pos_normalizer(count)
