@@ -1,0 +1,105 @@
+"""Pseudo-IoU of points and GT boxes (specs/pseudo_iou.md).
+
+Three forms of one quantity, the IoU of a GT with the GT-sized box centred on a point:
+
+- ``pseudo_iou_algorithm1``: the paper's Algorithm 1 on (l, t, r, b) distances; exact for
+  points strictly inside the GT (the only place the assigners use it);
+- ``pseudo_iou_explicit``: build the pseudo boxes and take their box IoU;
+- ``pseudo_iou``: the closed form a / (2 - a), exact everywhere (the canonical one).
+"""
+import numpy as np
+
+from reference.boxes import aligned_box_iou
+from reference.validation import as_boxes, as_points, as_values
+
+
+def pseudo_iou_algorithm1(ltrb):
+    """Pseudo-IoU by the paper's Algorithm 1, typos corrected (specs/pseudo_iou.md §1.1).
+
+    Args:
+        ltrb: (..., 4) distances (l, t, r, b) from a point to the left, top, right and
+            bottom sides of its GT (negative where the point is outside that side).
+
+    Returns:
+        (...) float64. In (1/7, 1] where min(l, t, r, b) > 0; equal to the explicit IoU
+        wherever |dx| <= w and |dy| <= h; outside that region a negative or spurious
+        value (specs/pseudo_iou.md §2); 0 where the union is 0. Never NaN.
+    """
+    ltrb = as_values(ltrb, "ltrb", ndim=max(np.ndim(ltrb), 1), width=4)
+    return _pseudo_iou_algorithm1(ltrb)
+
+
+def _pseudo_iou_algorithm1(ltrb):
+    """Algorithm 1 on checked (..., 4) distances (used by the assigners on their own distances)."""
+    l, t, r, b = ltrb[..., 0], ltrb[..., 1], ltrb[..., 2], ltrb[..., 3]
+    # Step 1: the pseudo box has the GT's size and is centred on the point.
+    l_a = r_a = (l + r) / 2
+    t_a = b_a = (t + b) / 2
+    area_b = (l + r) * (t + b)
+    area_a = (l_a + r_a) * (t_a + b_a)  # the paper prints (t_A + t_A)
+    # Step 2: intersection extents measured from the point.
+    l_i = np.minimum(l_a, l)
+    r_i = np.minimum(r_a, r)
+    t_i = np.minimum(t_a, t)
+    b_i = np.minimum(b_a, b)
+    # Steps 3-5: intersection, union, ratio (0 where the union is 0).
+    area_i = (l_i + r_i) * (t_i + b_i)
+    union = area_a + area_b - area_i
+    return _divide_or_zero(area_i, union)
+
+
+def pseudo_iou_explicit(points, gt_boxes):
+    """Pseudo-IoU as the box IoU of each GT with its pseudo box (specs/pseudo_iou.md §1.2).
+
+    Args:
+        points: (A, 2) (x, y).
+        gt_boxes: (G, 4) xyxy.
+
+    Returns:
+        (G, A) float64 in [0, 1]; 0 for zero-area GTs.
+    """
+    points = as_points(points, "points")
+    gt_boxes = as_boxes(gt_boxes, "gt_boxes")
+    values = np.zeros((len(gt_boxes), len(points)))
+    for g, box in enumerate(gt_boxes):
+        half_w, half_h = (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
+        pseudo_boxes = np.stack(
+            [points[:, 0] - half_w, points[:, 1] - half_h, points[:, 0] + half_w, points[:, 1] + half_h], axis=1
+        )  # (A, 4)
+        values[g] = aligned_box_iou(np.broadcast_to(box, pseudo_boxes.shape), pseudo_boxes)
+    return values
+
+
+def pseudo_iou(points, gt_boxes):
+    """Canonical Pseudo-IoU, the closed form a / (2 - a) (specs/pseudo_iou.md §1.3).
+
+    a = max(0, 1 - |dx| / w) * max(0, 1 - |dy| / h), with (dx, dy) the offset of the point
+    from the GT centre and (w, h) the GT size.
+
+    Args:
+        points: (A, 2) (x, y).
+        gt_boxes: (G, 4) xyxy.
+
+    Returns:
+        (G, A) float64 in [0, 1]: equal to ``pseudo_iou_explicit`` everywhere; 0 for
+        zero-area GTs.
+    """
+    points = as_points(points, "points")
+    gt_boxes = as_boxes(gt_boxes, "gt_boxes")
+    values = np.zeros((len(gt_boxes), len(points)))
+    for g, (x1, y1, x2, y2) in enumerate(gt_boxes):
+        w, h = x2 - x1, y2 - y1
+        if w == 0 or h == 0:
+            continue  # zero-area GT: union 0, Pseudo-IoU 0
+        dx = np.abs(points[:, 0] - (x1 + x2) / 2)
+        dy = np.abs(points[:, 1] - (y1 + y2) / 2)
+        a = np.maximum(0.0, 1 - dx / w) * np.maximum(0.0, 1 - dy / h)
+        values[g] = a / (2 - a)
+    return values
+
+
+def _divide_or_zero(numerator, denominator):
+    """numerator / denominator, 0 where the denominator is 0 (specs/conventions.md §7)."""
+    out = np.zeros(np.broadcast(numerator, denominator).shape)
+    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    return out
