@@ -1,0 +1,149 @@
+"""Torch-only checks of the anchor-based assigners (specs/atss.md, dynamic_atss.md, max_iou.md):
+batch plumbing, dtypes, detaching, NaN-freedom on degenerate input, bad input."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from detector.anchors import multi_level_anchors  # noqa: E402
+from detector.assign.atss import assign_atss, assign_atss_batched  # noqa: E402
+from detector.assign.dynamic_atss import (  # noqa: E402
+    assign_dynamic_atss,
+    assign_dynamic_atss_batched,
+    dynamic_atss_soft_targets,
+)
+from detector.assign.max_iou import assign_max_iou, assign_max_iou_batched  # noqa: E402
+
+SIZE = (96, 128)
+STRIDES = (8, 16, 32)
+
+
+def _scene(dtype=torch.float32):
+    anchors, counts = multi_level_anchors(SIZE, STRIDES)
+    gts = torch.tensor([[[10.0, 12.0, 60.0, 70.0], [64.0, 8.0, 120.0, 40.0], [30, 30, 30, 50]], [[0, 0, 0, 0]] * 3], dtype=dtype)
+    valid = torch.tensor([[True, True, True], [False, False, False]])
+    return anchors.to(dtype), counts, gts, valid
+
+
+def _all_assigners(anchors, counts, gts, valid, **kwargs):
+    deltas = torch.zeros((gts.shape[0], anchors.shape[0], 4), dtype=anchors.dtype)
+    return {
+        "atss": assign_atss_batched(anchors, counts, gts, valid, **kwargs),
+        "dynamic": assign_dynamic_atss_batched(anchors, counts, gts, valid, deltas, **kwargs),
+        "max_iou": assign_max_iou_batched(anchors, gts, valid, match_low_quality=True, **kwargs),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shapes_dtypes_and_empty_image_in_batch(dtype):
+    anchors, counts, gts, valid = _scene(dtype)
+    num_anchors = anchors.shape[0]
+    cands = sum(min(9, n) for n in counts)
+    for name, result in _all_assigners(anchors, counts, gts, valid).items():
+        c = 0 if name == "max_iou" else cands
+        assert result.matched_gt.shape == (2, num_anchors) and result.matched_gt.dtype == torch.int64
+        assert result.matched_metric.dtype == dtype and result.gt_threshold.dtype == dtype
+        assert result.candidate_index.shape == (2, 3, c)
+        assert not torch.isnan(result.matched_metric).any()
+        assert (result.matched_gt[1] == -1).all()  # the image without GTs is all background
+        assert torch.isnan(result.gt_threshold[1]).all() and (result.candidate_index[1] == -1).all()
+        assert (result.matched_gt[0] != 2).all()  # the zero-area GT gets nothing
+        assert not torch.isnan(result.gt_threshold[0]).any()
+        assert (result.matched_gt[0] >= 0).any()
+
+
+def test_no_gt_slots_and_no_anchors():
+    anchors, counts, _, _ = _scene()
+    empty_gts, empty_valid = torch.zeros((3, 0, 4)), torch.zeros((3, 0), dtype=torch.bool)
+    for result in _all_assigners(anchors, counts, empty_gts, empty_valid).values():
+        assert result.matched_gt.shape == (3, anchors.shape[0]) and (result.matched_gt == -1).all()
+        assert result.gt_threshold.shape == (3, 0)
+    gts = torch.tensor([[[0.0, 0.0, 10.0, 10.0]]])
+    valid = torch.ones((1, 1), dtype=torch.bool)
+    for name, result in _all_assigners(torch.zeros((0, 4)), [0, 0], gts, valid).items():
+        assert result.matched_gt.shape == (1, 0) and result.matched_metric.shape == (1, 0)
+        if name != "max_iou":
+            assert torch.isnan(result.gt_threshold).all() and result.candidate_index.shape == (1, 1, 0)
+
+
+def test_integer_boxes_become_the_default_float_dtype():
+    anchors = torch.tensor([[0, 0, 10, 10], [10, 0, 20, 10]])
+    result = assign_atss(anchors, [2], torch.tensor([[0, 0, 10, 20]]), topk=1)  # single candidate: thr = IoU
+    assert result.matched_metric.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(result.matched_gt, torch.tensor([0, -1]))
+
+
+def test_dynamic_detaches_predictions_and_upcasts_half():
+    anchors, counts, gts, valid = _scene()
+    deltas = (torch.randn((2, anchors.shape[0], 4), generator=torch.Generator().manual_seed(0)) * 0.3).requires_grad_(True)
+    with_grad = assign_dynamic_atss_batched(anchors, counts, gts, valid, deltas)
+    without = assign_dynamic_atss_batched(anchors, counts, gts, valid, deltas.detach())
+    for field in ("matched_gt", "matched_metric", "gt_threshold", "candidate_index"):
+        torch.testing.assert_close(getattr(with_grad, field), getattr(without, field), equal_nan=True, rtol=0, atol=0)
+        assert not getattr(with_grad, field).requires_grad
+    soft = dynamic_atss_soft_targets(anchors, gts[0], deltas[0], with_grad.matched_gt[0])
+    assert not soft.requires_grad
+    assert ((soft >= 0) & (soft <= 1)).all() and (soft[with_grad.matched_gt[0] < 0] == 0).all()
+    half = assign_dynamic_atss(anchors, counts, gts[0], deltas[0].detach().half())
+    assert half.matched_metric.dtype == torch.float32
+    single = assign_dynamic_atss(anchors, counts, gts[0], deltas[0].detach().half().float())
+    torch.testing.assert_close(half.matched_gt, single.matched_gt, rtol=0, atol=0)
+
+
+def test_garbage_predictions_never_give_nan():
+    anchors, counts, gts, valid = _scene()
+    deltas = torch.full((2, anchors.shape[0], 4), float("nan"))
+    deltas[:, ::2] = float("inf")
+    deltas[:, 1::3] = 1e30
+    result = assign_dynamic_atss_batched(anchors, counts, gts, valid, deltas)
+    atss = assign_atss_batched(anchors, counts, gts, valid)
+    assert not torch.isnan(result.matched_metric).any()
+    torch.testing.assert_close(result.matched_gt, atss.matched_gt, rtol=0, atol=0)  # P = 0 everywhere -> ATSS
+
+
+def test_tiny_memory_budget_is_identical():
+    anchors, counts, gts, valid = _scene(torch.float64)
+    full = _all_assigners(anchors, counts, gts, valid)
+    tiny = _all_assigners(anchors, counts, gts, valid, max_elements=7)
+    for name in full:
+        for field in ("matched_gt", "matched_metric", "gt_threshold", "candidate_index"):
+            torch.testing.assert_close(getattr(tiny[name], field), getattr(full[name], field), equal_nan=True, rtol=0, atol=0)
+
+
+def test_distance_ties_go_to_lower_anchor_index_on_a_grid():
+    # GT centred exactly between anchor centres: many equal distances at the top-k cut
+    anchors, counts = multi_level_anchors((64, 64), (8,))
+    result = assign_atss(anchors, counts, torch.tensor([[24.0, 24.0, 40.0, 40.0]]), topk=5)
+    # centre (32, 32); the 4 nearest centres (28|36, 28|36) are tied, then 8 at the next distance
+    # ordered by index: (28,28)=27, (36,28)=28, (28,36)=35, (36,36)=36, then the lowest-index of the next ring
+    torch.testing.assert_close(result.candidate_index[0, :4], torch.tensor([27, 28, 35, 36]))
+    assert int(result.candidate_index[0, 4]) == 19  # (36, 20): index 2*8+3 = 19 is the lowest of the next ring
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda a, c, g, v: assign_atss_batched(a, c, g, v.float()), "gt_valid"),
+        (lambda a, c, g, v: assign_atss_batched(a, c, g[:, :2], v), "gt_boxes"),
+        (lambda a, c, g, v: assign_atss_batched(a, c, g, v, max_elements=0), "max_elements"),
+        (lambda a, c, g, v: assign_atss_batched(a, c, g, v, topk=0), "topk"),
+        (lambda a, c, g, v: assign_atss_batched(a, c[:-1], g, v), "num_anchors_per_level"),
+        (lambda a, c, g, v: assign_dynamic_atss_batched(a, c, g, v, torch.zeros((2, 5, 4))), "pred_deltas"),
+        (lambda a, c, g, v: assign_dynamic_atss_batched(a, c, g, v, torch.zeros((2, a.shape[0], 4)), stds=(1, 1)), "stds"),
+        (lambda a, c, g, v: assign_max_iou_batched(a, g, v, neg_iou_thr=0.9), "neg_iou_thr"),
+        (lambda a, c, g, v: assign_max_iou(a, torch.tensor([[0.0, 0, float("nan"), 1]])), "gt_boxes"),
+    ],
+)
+def test_bad_input_names_the_argument(call, name):
+    anchors, counts, gts, valid = _scene()
+    with pytest.raises(ValueError, match=name):
+        call(anchors, counts, gts, valid)
+
+
+def test_padded_slots_may_hold_garbage():
+    anchors, counts, gts, valid = _scene()
+    gts = gts.clone()
+    gts[1] = float("nan")  # invalid slots are ignored, never validated
+    result = assign_atss_batched(anchors, counts, gts, valid)
+    assert (result.matched_gt[1] == -1).all()
+    np.testing.assert_array_equal(result.matched_gt[0].numpy(), assign_atss(anchors, counts, gts[0]).matched_gt.numpy())
