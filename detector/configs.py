@@ -1,0 +1,532 @@
+"""Named training configurations (specs/training.md §1).
+
+A configuration is a tree of frozen dataclasses holding plain data: no registry, no
+indirection. ``CONFIGS`` maps each name to a ``Config``; every row of the papers' ablation
+tables has one (docs/configs.md maps names to rows). ``apply_overrides`` changes fields
+from the command line with ``key.sub=value`` strings, type-checked against the dataclass.
+
+Sizes are in pixels of the resized image, learning-rate steps in epochs.
+"""
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field, replace
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d", "resnext101_64x4d", "tiny")
+NORMS = ("frozen_bn", "bn", "gn")
+FAMILIES = ("anchor_based", "anchor_free")
+ANCHOR_BASED_ASSIGNERS = ("atss", "dynamic_atss", "max_iou")
+ANCHOR_FREE_ASSIGNERS = ("all_inside", "pseudo_iou", "scaled_box", "centerness", "fcos")
+CLS_LOSSES = ("focal", "qfl", "vfl")
+BOX_LOSSES = ("giou", "iou")
+QUALITIES = ("centerness", "iou", "none")
+SCORE_MODES = ("sqrt", "product", "cls")
+WEIGHT_SCHEDULES = ("constant", "up", "down")
+WARMUPS = ("linear", "constant", "none")
+DATASETS = ("digits", "coco")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """torchvision ResNet/ResNeXt (or the small ``tiny`` ResNet for CPU demos).
+
+    ``weights``: path of a local state-dict file (torchvision layout) or None for random
+    initialisation; nothing is ever downloaded. ``frozen_stages``: -1 trains everything,
+    0 freezes the stem, k >= 1 the stem and stages 1..k (mmdet's convention; ATSS and
+    Pseudo-IoU freeze the stem and stage 1). ``tiny_widths``/``tiny_blocks``: channels and
+    BasicBlocks per stage of the ``tiny`` backbone.
+    """
+
+    name: str = "resnet50"
+    weights: typing.Optional[str] = None
+    norm: str = "frozen_bn"
+    frozen_stages: int = 1
+    gn_groups: int = 32
+    tiny_widths: tuple = (16, 32, 64, 128)
+    tiny_blocks: tuple = (1, 1, 1, 1)
+
+
+@dataclass(frozen=True)
+class FPNConfig:
+    """FPN over C3-C5. ``levels`` are pyramid levels (stride 2**level) in 3..7; P6/P7
+    come from ``p6p7_input`` ("p5": RetinaNet/mmdet ``on_output``; "c5": FCOS's C5)."""
+
+    out_channels: int = 256
+    levels: tuple = (3, 4, 5, 6, 7)
+    p6p7_input: str = "p5"
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The shared head: two towers of ``depth`` x (3x3 conv + GN + ReLU) of ``width``."""
+
+    family: str = "anchor_based"
+    width: int = 256
+    depth: int = 4
+    gn_groups: int = 32
+    prior_prob: float = 0.01
+    quality: str = "centerness"
+    anchor_scale: float = 8.0
+
+
+@dataclass(frozen=True)
+class AssignConfig:
+    """Assigner and its options (only the chosen assigner's options are read).
+
+    ``pred_weight``/``anchor_weight``: Dynamic ATSS w_p, w_a (Eq. 1); with a schedule
+    "up"/"down" the weight is multiplied by ``dynamic_weight(schedule, it, max_it)``
+    (Table 3's D_up, D_down). ``regress_ranges``: None = FCOS's ranges for the chosen
+    levels, with the last level's upper bound raised to infinity.
+    """
+
+    name: str = "atss"
+    topk: int = 9
+    pred_weight: float = 1.0
+    anchor_weight: float = 1.0
+    pred_weight_schedule: str = "constant"
+    anchor_weight_schedule: str = "constant"
+    pos_iou_thr: float = 0.5
+    neg_iou_thr: float = 0.4
+    piou_threshold: float = 0.4
+    box_scale: float = 0.6
+    centerness_threshold: float = 0.35
+    center_sampling: bool = True
+    center_radius: float = 1.5
+    regress_ranges: typing.Optional[tuple] = None
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss choices (specs/losses.md §7); ``quality`` comes from ``HeadConfig``."""
+
+    cls: str = "focal"
+    box: str = "giou"
+    box_weight: float = 2.0
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Post-processing (specs/postprocess.md, specs/model.md §5)."""
+
+    score_threshold: float = 0.05
+    pre_nms_top_k: int = 1000
+    nms_threshold: float = 0.6
+    max_detections: int = 100
+    score_mode: str = "sqrt"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset and transforms. ``digits_*`` are the built-in generator's arguments."""
+
+    dataset: str = "digits"
+    root: typing.Optional[str] = None
+    train_images: typing.Optional[str] = None
+    train_annotations: typing.Optional[str] = None
+    val_images: typing.Optional[str] = None
+    val_annotations: typing.Optional[str] = None
+    min_size: tuple = (800,)
+    max_size: int = 1333
+    test_min_size: int = 800
+    flip: float = 0.5
+    num_workers: int = 2
+    drop_empty_train: bool = False
+    digits_num_train: int = 1000
+    digits_num_val: int = 200
+    digits_image_size: int = 256
+    digits_max_objects: int = 10
+    digits_object_size: tuple = (12.0, 128.0)
+    digits_aspect_ratio: tuple = (0.2, 5.0)
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """SGD, warmup and a multi-step schedule. ``batch_size`` is the total over processes;
+    ``steps`` are epochs after which the lr is multiplied by ``gamma``; ``max_bad_steps``
+    consecutive non-finite losses abort the run."""
+
+    batch_size: int = 16
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    bias_lr_factor: float = 1.0
+    bias_weight_decay: typing.Optional[float] = None
+    epochs: int = 12
+    steps: tuple = (8, 11)
+    gamma: float = 0.1
+    warmup: str = "linear"
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    grad_clip_norm: typing.Optional[float] = None
+    max_bad_steps: int = 20
+
+
+@dataclass(frozen=True)
+class Config:
+    """A complete training configuration."""
+
+    name: str = "custom"
+    description: str = ""
+    reproduces: str = ""
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    assign: AssignConfig = field(default_factory=AssignConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    output_dir: str = "runs"
+    log_every: int = 1
+    eval_batch_size: int = 8
+
+    @property
+    def strides(self):
+        """Strides of the pyramid levels, e.g. (8, 16, 32, 64, 128)."""
+        return tuple(2 ** level for level in self.fpn.levels)
+
+
+# ----------------------------------------------------------------------------------------
+# Validation
+
+
+def validate(config):
+    """Check choices and ranges; raise ValueError naming the field. Returns ``config``."""
+    def choice(value, options, key):
+        if value not in options:
+            raise ValueError(f"{key}: expected one of {', '.join(options)}; got {value!r}")
+
+    choice(config.backbone.name, BACKBONES, "backbone.name")
+    choice(config.backbone.norm, NORMS, "backbone.norm")
+    choice(config.head.family, FAMILIES, "head.family")
+    assigners = ANCHOR_BASED_ASSIGNERS if config.head.family == "anchor_based" else ANCHOR_FREE_ASSIGNERS
+    choice(config.assign.name, assigners, f"assign.name (for head.family={config.head.family})")
+    choice(config.loss.cls, CLS_LOSSES, "loss.cls")
+    choice(config.loss.box, BOX_LOSSES, "loss.box")
+    choice(config.head.quality, QUALITIES, "head.quality")
+    choice(config.inference.score_mode, SCORE_MODES, "inference.score_mode")
+    choice(config.assign.pred_weight_schedule, WEIGHT_SCHEDULES, "assign.pred_weight_schedule")
+    choice(config.assign.anchor_weight_schedule, WEIGHT_SCHEDULES, "assign.anchor_weight_schedule")
+    choice(config.solver.warmup, WARMUPS, "solver.warmup")
+    choice(config.data.dataset, DATASETS, "data.dataset")
+    choice(config.fpn.p6p7_input, ("p5", "c5"), "fpn.p6p7_input")
+    levels = config.fpn.levels
+    if not levels or list(levels) != list(range(levels[0], levels[0] + len(levels))) or levels[0] < 3 or levels[-1] > 7:
+        raise ValueError(f"fpn.levels: expected consecutive levels within 3..7, got {levels}")
+    if config.head.quality == "none" and config.inference.score_mode != "cls":
+        raise ValueError("inference.score_mode: must be 'cls' when head.quality is 'none'")
+    if config.head.quality != "none" and config.inference.score_mode == "cls":
+        raise ValueError("inference.score_mode: 'cls' ignores the quality branch; use 'sqrt' or 'product'")
+    for key, value in (("head.width", config.head.width), ("fpn.out_channels", config.fpn.out_channels)):
+        if value % config.head.gn_groups:
+            raise ValueError(f"{key}: {value} is not divisible by head.gn_groups={config.head.gn_groups}")
+    if config.solver.batch_size < 1 or config.solver.epochs < 1:
+        raise ValueError("solver.batch_size, solver.epochs: expected positive ints")
+    if list(config.solver.steps) != sorted(config.solver.steps):
+        raise ValueError(f"solver.steps: expected ascending epochs, got {config.solver.steps}")
+    if config.solver.max_bad_steps < 1:
+        raise ValueError("solver.max_bad_steps: expected a positive int")
+    if config.assign.regress_ranges is not None and len(config.assign.regress_ranges) != 2 * len(levels):
+        raise ValueError("assign.regress_ranges: expected 2 numbers (lo, hi) per level, flattened")
+    if not 0.0 <= config.data.flip <= 1.0:
+        raise ValueError(f"data.flip: expected a probability, got {config.data.flip}")
+    return config
+
+
+# ----------------------------------------------------------------------------------------
+# Command-line overrides
+
+
+def apply_overrides(config, overrides):
+    """Return ``config`` with ``key.sub=value`` overrides applied, then validated.
+
+    Values are parsed by the field's type: int, float, str, bool (true/false/1/0/yes/no),
+    ``Optional[...]`` (``none`` or ``null`` for None), tuples (comma-separated; ``()``
+    for empty). An unknown key, a malformed item or a value of the wrong type raises
+    ValueError naming the key and listing the valid ones.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r}: expected key=value, e.g. solver.lr=0.02")
+        key, text = item.split("=", 1)
+        config = _set(config, key.strip().split("."), text.strip(), key.strip())
+    return validate(config)
+
+
+def _set(node, path, text, full_key):
+    names = {f.name: f for f in dataclasses.fields(node)}
+    head = path[0]
+    if head not in names:
+        raise ValueError(f"unknown config key {full_key!r}; valid keys here: {', '.join(sorted(names))}")
+    hints = typing.get_type_hints(type(node))
+    current = getattr(node, head)
+    if dataclasses.is_dataclass(current):
+        if len(path) == 1:
+            raise ValueError(f"config key {full_key!r} is a section; set one of its fields, e.g. {full_key}.{dataclasses.fields(current)[0].name}=...")
+        return replace(node, **{head: _set(current, path[1:], text, full_key)})
+    if len(path) > 1:
+        raise ValueError(f"unknown config key {full_key!r}: {head!r} has no sub-keys")
+    return replace(node, **{head: parse_value(text, hints[head], current, full_key)})
+
+
+def parse_value(text, annotation, current, key):
+    """Parse ``text`` as a value of type ``annotation`` (see ``apply_overrides``)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if text.lower() in ("none", "null"):
+            return None
+        return parse_value(text, args[0], current, key)
+    if annotation is tuple or origin is tuple:
+        stripped = text.strip("()[] ")
+        if not stripped:
+            return ()
+        parts = [p.strip() for p in stripped.split(",") if p.strip()]
+        return tuple(parse_value(p, type(current[0]) if current else _guess_type(p), None, key) for p in parts)
+    if annotation is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"{key}: expected a bool (true/false), got {text!r}")
+    if annotation is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{key}: expected an int, got {text!r}") from None
+    if annotation is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{key}: expected a number, got {text!r}") from None
+    if annotation is str:
+        return text
+    raise ValueError(f"{key}: cannot parse a value of type {annotation!r}")
+
+
+def _guess_type(text):
+    try:
+        int(text)
+        return int
+    except ValueError:
+        pass
+    try:
+        float(text)
+        return float
+    except ValueError:
+        return str
+
+
+def to_dict(config):
+    """The config as nested plain dicts (tuples become lists), JSON- and checkpoint-safe."""
+    def convert(value):
+        if isinstance(value, tuple):
+            return [convert(v) for v in value]
+        if isinstance(value, float) and math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+
+    def walk(node):
+        return {f.name: (walk(getattr(node, f.name)) if dataclasses.is_dataclass(getattr(node, f.name))
+                         else convert(getattr(node, f.name))) for f in dataclasses.fields(node)}
+
+    return walk(config)
+
+
+def from_dict(data):
+    """Inverse of ``to_dict``; unknown keys raise ValueError."""
+    def build(cls, values):
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for name, value in values.items():
+            if name not in hints:
+                raise ValueError(f"{cls.__name__}: unknown key {name!r}")
+            sub = getattr(cls, "__dataclass_fields__")[name]
+            default = sub.default_factory() if sub.default_factory is not dataclasses.MISSING else sub.default
+            if dataclasses.is_dataclass(default):
+                kwargs[name] = build(type(default), value)
+            else:
+                kwargs[name] = _restore(value)
+        return cls(**kwargs)
+
+    return build(Config, data)
+
+
+def _restore(value):
+    if isinstance(value, list):
+        return tuple(_restore(v) for v in value)
+    if value in ("inf", "-inf"):
+        return float(value)
+    return value
+
+
+# ----------------------------------------------------------------------------------------
+# The named configurations
+
+
+def _coco_1x(name, description, reproduces, **sections):
+    """COCO R-50 1x recipe (ATSS / Dynamic ATSS / Pseudo-IoU Table 3): batch 16, lr 0.01,
+    warmup 500 iterations, steps at epochs 8 and 11 of 12, 800/1333, wd 1e-4, momentum 0.9."""
+    base = Config(
+        name=name, description=description, reproduces=reproduces,
+        data=DataConfig(dataset="coco", min_size=(800,), max_size=1333, test_min_size=800),
+        solver=SolverConfig(batch_size=16, lr=0.01, epochs=12, steps=(8, 11), warmup_iters=500),
+    )
+    return replace(base, **sections)
+
+
+def _atss(name, description, reproduces, *, assign=None, loss=None, quality="centerness", score_mode="sqrt"):
+    return _coco_1x(
+        name, description, reproduces,
+        head=HeadConfig(family="anchor_based", quality=quality),
+        assign=assign or AssignConfig(name="atss"),
+        loss=loss or LossConfig(cls="focal", box="giou", box_weight=2.0),
+        inference=InferenceConfig(score_mode=score_mode),
+    )
+
+
+def _dyn(pred_weight=1.0, anchor_weight=1.0, pred_schedule="constant", anchor_schedule="constant"):
+    return AssignConfig(name="dynamic_atss", pred_weight=pred_weight, anchor_weight=anchor_weight,
+                        pred_weight_schedule=pred_schedule, anchor_weight_schedule=anchor_schedule)
+
+
+def _af(name, description, reproduces, *, assign, box="iou", quality="none"):
+    """Pseudo-IoU paper's anchor-free head (Table 3): focal + IoU/GIoU, optional centerness,
+    R-50 1x at 800/1333; score = cls * centerness (product) as the official head."""
+    return _coco_1x(
+        name, description, reproduces,
+        head=HeadConfig(family="anchor_free", quality=quality),
+        assign=assign,
+        loss=LossConfig(cls="focal", box=box, box_weight=1.0),
+        inference=InferenceConfig(score_mode="product" if quality != "none" else "cls"),
+        solver=SolverConfig(batch_size=16, lr=0.01, epochs=12, steps=(8, 11), warmup_iters=500, grad_clip_norm=35.0),
+    )
+
+
+def _build_configs():
+    dyn = "Dynamic ATSS paper"
+    piou = "Pseudo-IoU paper"
+    configs = [
+        # Dynamic ATSS paper, Tables 1-3 (ATSS R-50 1x).
+        _atss("atss_r50_1x", "ATSS: anchor IoUs, focal, GIoU, centerness", f"{dyn} Table 1 row 'ATSS'; Table 2 row 1 (AIoUs + centerness)"),
+        _atss("atss_ciou_r50_1x", "ATSS + combined IoUs (Dynamic ATSS), hard targets, centerness",
+              f"{dyn} Table 1 'ATSS+CIoUs'; Table 2 row 3; Table 3 row 1 (1:1)", assign=_dyn()),
+        _atss("atss_qfl_r50_1x", "ATSS with QFL soft targets (IoU of the prediction)", f"{dyn} Table 1 'ATSS+QFL'",
+              loss=LossConfig(cls="qfl")),
+        _atss("atss_vfl_r50_1x", "ATSS with VFL soft targets", f"{dyn} Table 1 'ATSS+VFL'", loss=LossConfig(cls="vfl")),
+        _atss("piou_only_r50_1x", "predicted IoUs only (w_p = 1, w_a = 0)", f"{dyn} Table 2 row 2 (PIoUs only)",
+              assign=_dyn(1.0, 0.0)),
+        _atss("dyn_atss_qfl_r50_1x", "combined IoUs + QFL, centerness branch", f"{dyn} Table 2 row 4 (AIoUs+PIoUs+QFL+centerness)",
+              assign=_dyn(), loss=LossConfig(cls="qfl")),
+        _atss("dyn_atss_vfl_r50_1x", "combined IoUs + VFL, centerness branch", f"{dyn} Table 2 row 5 (AIoUs+PIoUs+VFL+centerness)",
+              assign=_dyn(), loss=LossConfig(cls="vfl")),
+        _atss("dyn_atss_qfl_iou_r50_1x", "Dynamic ATSS: combined IoUs + QFL + IoU branch (the paper's final model)",
+              f"{dyn} Table 2 row 6 (AIoUs+PIoUs+QFL+IoU branch)", assign=_dyn(), loss=LossConfig(cls="qfl"), quality="iou"),
+        _atss("dyn_atss_vfl_iou_r50_1x", "combined IoUs + VFL + IoU branch", f"{dyn} Table 2 row 7 (AIoUs+PIoUs+VFL+IoU branch)",
+              assign=_dyn(), loss=LossConfig(cls="vfl"), quality="iou"),
+        _atss("atss_iou_branch_r50_1x", "combined IoUs, hard targets, IoU branch instead of centerness",
+              f"{dyn} §4.1.2 (IoU branch replaces centerness), hard-target variant", assign=_dyn(), quality="iou"),
+        _atss("max_iou_r50_1x", "RetinaNet-style max-IoU assignment (0.5/0.4) with the ATSS head", "baseline (no paper row)",
+              assign=AssignConfig(name="max_iou")),
+    ]
+    for wp, wa, label in ((0.5, 1.0, "row 2 (0.5 : 1)"), (1.5, 1.0, "row 3 (1.5 : 1)"),
+                          (1.0, 0.5, "row 4 (1 : 0.5)"), (1.0, 1.5, "row 5 (1 : 1.5)")):
+        name = f"dyn_atss_w{str(wp).replace('.', 'p')}_{str(wa).replace('.', 'p')}_r50_1x"
+        configs.append(_atss(name, f"combined IoUs with w_p = {wp}, w_a = {wa}", f"{dyn} Table 3 {label}",
+                             assign=_dyn(wp, wa)))
+    configs += [
+        _atss("dyn_atss_dup_r50_1x", "PIoU weight D_up = it / max_it, AIoU weight 1", f"{dyn} Table 3 row 6 (D_up : 1)",
+              assign=_dyn(pred_schedule="up")),
+        _atss("dyn_atss_ddown_r50_1x", "PIoU weight 1, AIoU weight D_down = 1 - it / max_it", f"{dyn} Table 3 row 7 (1 : D_down)",
+              assign=_dyn(anchor_schedule="down")),
+        _atss("dyn_atss_dup_ddown_r50_1x", "PIoU weight D_up, AIoU weight D_down", f"{dyn} Table 3 row 8 (D_up : D_down)",
+              assign=_dyn(pred_schedule="up", anchor_schedule="down")),
+    ]
+    # Pseudo-IoU paper: Table 3 (COCO R-50), Tables 1-2 rule/threshold sweeps on the same head.
+    configs += [
+        _af("af_baseline_r50_1x", "anchor-free baseline: every point inside a GT is positive; focal + IoU loss",
+            f"{piou} Table 3 'AF-Baseline'; Table 1a threshold 0.0", assign=AssignConfig(name="all_inside")),
+        _af("piou_r50_1x", "Pseudo-IoU assignment (T = 0.4); focal + IoU loss", f"{piou} Table 3 row 'Pseudo-IoU' (IoU loss)",
+            assign=AssignConfig(name="pseudo_iou", piou_threshold=0.4)),
+        _af("piou_giou_r50_1x", "Pseudo-IoU + GIoU loss", f"{piou} Table 3 row 'Pseudo-IoU + GIoU'",
+            assign=AssignConfig(name="pseudo_iou", piou_threshold=0.4), box="giou"),
+        _af("piou_giou_ctr_r50_1x", "Pseudo-IoU + GIoU + centerness branch (the official configs)",
+            f"{piou} Table 3 row 'Pseudo-IoU + GIoU + centerness'",
+            assign=AssignConfig(name="pseudo_iou", piou_threshold=0.4), box="giou", quality="centerness"),
+        _af("fcos_r50_1x", "FCOS assignment (centre sampling 1.5) with the same anchor-free head", "baseline (no paper row)",
+            assign=AssignConfig(name="fcos"), box="giou", quality="centerness"),
+    ]
+    for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+        tag = f"{round(t * 10):d}"
+        configs.append(_af(f"piou_t0{tag}_r50_1x", f"Pseudo-IoU threshold T = {t}",
+                           f"{piou} Table 1a / Table 2 'P-IoU' column, T = {t}",
+                           assign=AssignConfig(name="pseudo_iou", piou_threshold=t)))
+    for s in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+        tag = f"{round(s * 10):d}"
+        configs.append(_af(f"sbox_s0{tag}_r50_1x", f"scaled-box assignment, s = {s}", f"{piou} Table 2 'S-box' column, s = {s}",
+                           assign=AssignConfig(name="scaled_box", box_scale=s)))
+    for c in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45):
+        tag = f"{round(c * 100):03d}"
+        configs.append(_af(f"ctr_c{tag}_r50_1x", f"centerness assignment, c = {c}", f"{piou} Table 2 'Centerness' column, c = {c}",
+                           assign=AssignConfig(name="centerness", centerness_threshold=c)))
+    # Longer recipes: R-101 2x (Dynamic ATSS Table 5, Pseudo-IoU Table 4).
+    r101_2x = dict(backbone=BackboneConfig(name="resnet101"),
+                   solver=SolverConfig(batch_size=16, lr=0.01, epochs=24, steps=(16, 22), warmup_iters=500),
+                   data=DataConfig(dataset="coco", min_size=(640, 672, 704, 736, 768, 800), max_size=1333, test_min_size=800))
+    configs += [
+        replace(_atss("dyn_atss_qfl_iou_r101_2x", "Dynamic ATSS final model, R-101, 2x, multi-scale 640-800",
+                      f"{dyn} Table 5 (R-101 2x, MStrain)", assign=_dyn(), loss=LossConfig(cls="qfl"), quality="iou"), **r101_2x),
+        replace(_af("piou_giou_ctr_r101_2x", "Pseudo-IoU + GIoU + centerness, R-101, 2x, multi-scale 640-800",
+                    f"{piou} Table 4 'Pseudo-IoU R-101-FPN'", assign=AssignConfig(name="pseudo_iou"), box="giou",
+                    quality="centerness"), **r101_2x),
+        replace(_atss("atss_r101_2x", "ATSS R-101, 2x, multi-scale 640-800", f"{dyn} Table 5 'ATSS R-101 2x'"), **r101_2x),
+    ]
+    configs += _demo_configs()
+    return {c.name: validate(c) for c in configs}
+
+
+def _demo_configs():
+    """Small models for the built-in digits dataset on a CPU (specs/training.md §6)."""
+    demo = Config(
+        name="demo",
+        description="tiny Dynamic ATSS detector (combined IoUs + QFL + IoU branch) on the built-in digits, CPU",
+        reproduces="demo (no paper row)",
+        backbone=BackboneConfig(name="tiny", norm="bn", frozen_stages=-1, tiny_widths=(16, 32, 64, 128),
+                                tiny_blocks=(1, 1, 1, 1)),
+        fpn=FPNConfig(out_channels=64, levels=(3, 4, 5)),
+        head=HeadConfig(family="anchor_based", width=64, depth=2, gn_groups=16, quality="iou", anchor_scale=4.0),
+        assign=_dyn(),
+        loss=LossConfig(cls="qfl", box="giou", box_weight=2.0),
+        inference=InferenceConfig(score_mode="sqrt"),
+        data=DataConfig(dataset="digits", min_size=(128,), max_size=128, test_min_size=128, flip=0.0, num_workers=0,
+                        digits_num_train=1500, digits_num_val=200, digits_image_size=128, digits_max_objects=4,
+                        digits_object_size=(24.0, 64.0), digits_aspect_ratio=(0.67, 1.5)),
+        solver=SolverConfig(batch_size=16, lr=0.04, epochs=24, steps=(18, 22), warmup_iters=100, warmup_ratio=0.01,
+                            weight_decay=1e-4, grad_clip_norm=10.0),
+        eval_batch_size=32,
+        threads=1,  # measured fastest on a shared 2-core CPU (2 threads collapse under load)
+    )
+    demo_atss = replace(demo, name="demo_atss", description="tiny ATSS detector (anchor IoUs, focal, centerness) on digits, CPU",
+                        assign=AssignConfig(name="atss"), loss=LossConfig(cls="focal"),
+                        head=replace(demo.head, quality="centerness"))
+    demo_piou = replace(demo, name="demo_piou", description="tiny Pseudo-IoU anchor-free detector on digits, CPU",
+                        head=replace(demo.head, family="anchor_free", quality="centerness"),
+                        assign=AssignConfig(name="pseudo_iou", piou_threshold=0.4),
+                        loss=LossConfig(cls="focal", box="giou", box_weight=1.0),
+                        inference=InferenceConfig(score_mode="product"))
+    return [demo, demo_atss, demo_piou]
+
+
+CONFIGS = _build_configs()
+
+
+def get_config(name, overrides=()):
+    """The named config with ``overrides`` applied; unknown names raise ValueError."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}; run `python -m detector.train --list` to see them")
+    return apply_overrides(CONFIGS[name], overrides)

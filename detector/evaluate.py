@@ -1,0 +1,106 @@
+"""Evaluate a checkpoint with COCO AP (specs/training.md §5).
+
+Usage::
+
+    python -m detector.evaluate runs/demo-.../last.pth
+    python -m detector.evaluate CHECKPOINT --images DIR --annotations FILE [--out metrics.json]
+    python -m detector.evaluate CHECKPOINT data.test_min_size=640 inference.score_threshold=0.01
+
+The model is rebuilt from the config stored in the checkpoint; ``key.sub=value`` overrides
+may change the data and inference settings. The standard 12-line COCO table is printed
+and AP, AP50, AP75, APs, APm, APl are written as JSON (default: ``metrics-<checkpoint
+name>.json`` next to the checkpoint).
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from detector import configs, engine
+from detector.checkpoint import load_checkpoint
+from detector.evaluation import write_metrics_json
+from detector.modeling import Detector
+
+#: Sections an evaluation override may touch (the model itself comes from the checkpoint).
+EVAL_SECTIONS = ("data", "inference")
+
+
+def evaluate_checkpoint(checkpoint, *, images=None, annotations=None, overrides=(), out=None, device="auto",
+                        verbose=True, progress=True):
+    """COCO metrics of ``checkpoint`` on its config's val split or on ``images``/``annotations``.
+
+    Returns:
+        dict AP, AP50, AP75, APs, APm, APl (NaN where an area range has no GT); also
+        written to ``out`` as JSON.
+    """
+    checkpoint = Path(checkpoint)
+    state = load_checkpoint(checkpoint)
+    config = configs.from_dict(state["config"])
+    bad = [o for o in overrides if o.split("=", 1)[0].split(".")[0] not in EVAL_SECTIONS]
+    if bad:
+        raise ValueError(f"overrides {bad}: only {', '.join(s + '.*' for s in EVAL_SECTIONS)} can change at evaluation")
+    config = configs.apply_overrides(config, list(overrides) + ([f"device={device}"] if device != "auto" else []))
+    if (images is None) != (annotations is None):
+        raise ValueError("--images and --annotations go together")
+    torch.set_num_threads(config.threads if config.threads > 0 else max(1, os.cpu_count() or 1))
+    dev = torch.device(config.device) if config.device != "auto" else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if images is not None:
+        from detector.data.coco import CocoDetection
+
+        val = CocoDetection(images, annotations, transforms=engine.test_transform(config))
+        val_annotations, category_ids = str(annotations), list(val.category_ids)
+    else:
+        paths = engine.dataset_paths(config)
+        from detector.data.coco import CocoDetection
+
+        val = CocoDetection(paths[2], paths[3], transforms=engine.test_transform(config))
+        val_annotations, category_ids = str(paths[3]), list(val.category_ids)
+    num_classes = state.get("num_classes", len(category_ids))
+    if num_classes != len(category_ids):
+        raise ValueError(f"{val_annotations}: {len(category_ids)} categories, but the model has {num_classes} classes")
+    model = Detector(config, num_classes)
+    model.load_state_dict(state["model"])
+    model.to(dev).eval()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(val), desc="evaluate", unit="img", dynamic_ncols=True)
+    metrics = engine.evaluate(model, engine.val_loader(config, val), config, dev, val_annotations, category_ids,
+                              verbose=verbose, progress=bar)
+    if bar is not None:
+        bar.close()
+    out = Path(out) if out is not None else checkpoint.parent / f"metrics-{checkpoint.stem}.json"
+    write_metrics_json(metrics, out)
+    return metrics, out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m detector.evaluate", description="COCO AP of a training checkpoint.")
+    parser.add_argument("checkpoint", type=Path, help="a .pth file written by detector.train (or a run directory)")
+    parser.add_argument("overrides", nargs="*", help="data.* / inference.* overrides, key.sub=value")
+    parser.add_argument("--images", type=Path, default=None, help="image folder of a COCO split (default: the config's val split)")
+    parser.add_argument("--annotations", type=Path, default=None, help="COCO annotation file matching --images")
+    parser.add_argument("--out", type=Path, default=None, help="metrics JSON path (default: next to the checkpoint)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_intermixed_args(argv)
+    checkpoint = args.checkpoint / "last.pth" if args.checkpoint.is_dir() else args.checkpoint
+    try:
+        metrics, out = evaluate_checkpoint(checkpoint, images=args.images, annotations=args.annotations,
+                                           overrides=args.overrides, out=args.out, device=args.device,
+                                           progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    from detector.train import format_metrics
+
+    print(format_metrics(metrics))
+    print(f"metrics written to {out}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

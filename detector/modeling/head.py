@@ -1,0 +1,122 @@
+"""The shared dense head of both families (specs/model.md §3).
+
+One head is shared by all pyramid levels: a classification tower and a box tower, each
+``depth`` x (3x3 conv + GroupNorm + ReLU), then a 3x3 classification conv (K logits), a 3x3
+box conv (4 values) multiplied by a learnable per-level ``Scale``, and a 3x3 quality conv
+(centerness or IoU logit) on the **box** tower (ATSS, Dynamic ATSS, Pseudo-IoU with
+``centerness_on_reg``).
+
+- anchor-based: the box output is the raw delta-xywh code ``Scale_l(conv)`` (ATSS; no exp).
+- anchor-free: the box output is ``ReLU(Scale_l(conv))``, the (l, t, r, b) distances divided
+  by the level's stride (Pseudo-IoU/FCOS with ``norm_on_bbox``).
+
+Initialisation: every conv weight ~ normal(0, 0.01), bias 0; the classification bias is
+``-log((1 - prior_prob) / prior_prob)`` so that every anchor starts at probability
+``prior_prob`` (RetinaNet). Tower convs have no bias (GroupNorm follows; mmdet's
+``conv_bias="auto"``).
+"""
+import math
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+
+class HeadOutputs(NamedTuple):
+    """Dense predictions of a batch, all levels flattened level-major, rows (y) outer.
+
+    Attributes:
+        cls_logits: (B, A, K) classification logits.
+        box_regression: (B, A, 4) delta-xywh codes (anchor-based) or stride-normalised
+            (l, t, r, b) >= 0 (anchor-free).
+        quality_logits: (B, A) centerness/IoU logits, or None without a quality branch.
+        feature_sizes: list of L (H_l, W_l).
+    """
+
+    cls_logits: torch.Tensor
+    box_regression: torch.Tensor
+    quality_logits: Optional[torch.Tensor]
+    feature_sizes: list
+
+
+class Scale(nn.Module):
+    """Multiply by one learnable scalar (initial value ``init``)."""
+
+    def __init__(self, init=1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+class DenseHead(nn.Module):
+    """Shared head for ``num_levels`` levels; see the module docstring.
+
+    Args:
+        in_channels: channels of every pyramid level.
+        num_classes: K.
+        num_levels: L (one ``Scale`` per level).
+        width, depth, gn_groups: tower width, number of conv+GN+ReLU blocks, GN groups.
+        family: "anchor_based" or "anchor_free".
+        quality: True to build the quality branch.
+        prior_prob: initial foreground probability of the classifier.
+    """
+
+    def __init__(self, in_channels, num_classes, num_levels, *, width=256, depth=4, gn_groups=32,
+                 family="anchor_based", quality=True, prior_prob=0.01):
+        super().__init__()
+        if family not in ("anchor_based", "anchor_free"):
+            raise ValueError(f"family: expected anchor_based or anchor_free, got {family!r}")
+        self.num_classes = num_classes
+        self.family = family
+        self.cls_tower = _tower(in_channels, width, depth, gn_groups)
+        self.box_tower = _tower(in_channels, width, depth, gn_groups)
+        tower_out = width if depth > 0 else in_channels
+        self.cls_logits = nn.Conv2d(tower_out, num_classes, 3, padding=1)
+        self.box_pred = nn.Conv2d(tower_out, 4, 3, padding=1)
+        self.quality = nn.Conv2d(tower_out, 1, 3, padding=1) if quality else None
+        self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, std=0.01)
+                if module.bias is not None:
+                    nn.init.constant_(module.bias, 0.0)
+        nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def forward(self, features):
+        """features: list of L (B, C, H_l, W_l) -> ``HeadOutputs``."""
+        if len(features) != len(self.scales):
+            raise ValueError(f"features: expected {len(self.scales)} levels, got {len(features)}")
+        cls_all, box_all, quality_all, sizes = [], [], [], []
+        for feature, scale in zip(features, self.scales):
+            cls_feature = self.cls_tower(feature)
+            box_feature = self.box_tower(feature)
+            box = scale(self.box_pred(box_feature))
+            if self.family == "anchor_free":
+                box = torch.relu(box)
+            cls_all.append(_flatten(self.cls_logits(cls_feature)))
+            box_all.append(_flatten(box))
+            if self.quality is not None:
+                quality_all.append(_flatten(self.quality(box_feature))[..., 0])
+            sizes.append(tuple(feature.shape[-2:]))
+        return HeadOutputs(
+            cls_logits=torch.cat(cls_all, dim=1),
+            box_regression=torch.cat(box_all, dim=1),
+            quality_logits=torch.cat(quality_all, dim=1) if self.quality is not None else None,
+            feature_sizes=sizes,
+        )
+
+
+def _tower(in_channels, width, depth, gn_groups):
+    layers, channels = [], in_channels
+    for _ in range(depth):
+        layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.GroupNorm(gn_groups, width), nn.ReLU(inplace=True)]
+        channels = width
+    return nn.Sequential(*layers)
+
+
+def _flatten(x):
+    """(B, C, H, W) -> (B, H * W, C), rows (y) outer, columns (x) inner."""
+    batch, channels = x.shape[:2]
+    return x.permute(0, 2, 3, 1).reshape(batch, -1, channels)

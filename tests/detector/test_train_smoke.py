@@ -1,0 +1,204 @@
+"""Training pipeline smoke tests: real steps on tiny generated data (specs/training.md)."""
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from detector import configs, engine  # noqa: E402
+from detector.data.collate import collate  # noqa: E402
+from detector.modeling import Detector  # noqa: E402
+from detector.train import NonFiniteLossError, train  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+IMAGE = 64
+
+
+def tiny_config(root, name="demo", *extra):
+    """A very small model on a tiny digits set generated under ``root`` (64 px, CPU)."""
+    overrides = [
+        f"data.root={root}", "data.digits_num_train=16", "data.digits_num_val=8", f"data.digits_image_size={IMAGE}",
+        "data.digits_max_objects=3", "data.digits_object_size=12,40", f"data.min_size={IMAGE}", f"data.max_size={IMAGE}",
+        f"data.test_min_size={IMAGE}", "data.num_workers=0", "data.flip=0.5",
+        "backbone.tiny_widths=8,16,16,32", "fpn.out_channels=16", "head.width=16", "head.depth=1", "head.gn_groups=8",
+        "solver.batch_size=4", "solver.epochs=2", "solver.steps=1", "solver.warmup_iters=2", "solver.lr=0.01",
+        "eval_batch_size=8", "threads=2", f"output_dir={root}/runs",
+    ]
+    return configs.get_config(name, overrides + list(extra))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("digits")
+
+
+def _fixed_batch(config):
+    data = engine.build_datasets(config)
+    items = [data.train[i] for i in range(4)]
+    return collate(items, size_divisor=engine.size_divisor(config)), data.num_classes
+
+
+# ---------------------------------------------------------------------------------------
+# overfitting one batch, per family and assigner
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("demo_atss", ()),
+    ("demo", ()),  # Dynamic ATSS, QFL, IoU branch
+    ("demo_piou", ()),  # anchor-free, Pseudo-IoU T = 0.4
+])
+def test_overfit_one_batch(data_root, name, extra):
+    config = tiny_config(data_root, name, "solver.warmup=none", "solver.lr=0.01", *extra)
+    batch, num_classes = _fixed_batch(config)
+    torch.manual_seed(0)
+    model = Detector(config, num_classes)
+    model.train()
+    optimizer = engine.build_optimizer(config, model)
+    losses = []
+    for step in range(25):
+        result = engine.train_step(model, batch, config, optimizer, torch.device("cpu"), iteration=step, max_iterations=25)
+        assert not result.skipped
+        assert all(math.isfinite(v) for v in result.terms.values())
+        assert result.num_pos > 0
+        losses.append(result.terms["loss"])
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.8 * first, losses
+
+
+# ---------------------------------------------------------------------------------------
+# images without objects
+
+
+def _empty_target(image_id=1):
+    return {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64),
+            "ignore_boxes": torch.zeros((0, 4)), "image_id": image_id, "orig_size": (IMAGE, IMAGE),
+            "scale_factor": (1.0, 1.0), "flipped": False}
+
+
+@pytest.mark.parametrize("name", ["demo_atss", "demo", "demo_piou"])
+def test_images_without_objects_train_without_nan(data_root, name):
+    config = tiny_config(data_root, name)
+    batch, num_classes = _fixed_batch(config)
+    model = Detector(config, num_classes)
+    optimizer = engine.build_optimizer(config, model)
+    # one empty image in a batch with objects
+    mixed = collate([(batch.images[0], _empty_target())] + [(batch.images[i], batch.targets[i]) for i in (1, 2)],
+                    size_divisor=engine.size_divisor(config))
+    result = engine.train_step(model, mixed, config, optimizer, torch.device("cpu"), iteration=0, max_iterations=10)
+    assert not result.skipped and all(math.isfinite(v) for v in result.terms.values())
+    # a batch where no image has an object: no positives, box and quality terms exactly 0
+    empty = collate([(batch.images[i], _empty_target(i + 1)) for i in range(2)], size_divisor=engine.size_divisor(config))
+    before = [p.detach().clone() for p in model.parameters()]
+    result = engine.train_step(model, empty, config, optimizer, torch.device("cpu"), iteration=1, max_iterations=10)
+    assert not result.skipped
+    assert result.num_pos == 0
+    assert result.terms["loss_box"] == 0.0 and result.terms.get("loss_quality", 0.0) == 0.0
+    assert math.isfinite(result.terms["loss_cls"]) and result.terms["loss_cls"] > 0
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the negatives still train
+
+
+# ---------------------------------------------------------------------------------------
+# non-finite losses
+
+
+def test_nan_step_is_skipped_without_update(data_root):
+    config = tiny_config(data_root, "demo_atss")
+    batch, num_classes = _fixed_batch(config)
+    model = Detector(config, num_classes)
+    optimizer = engine.build_optimizer(config, model)
+    with torch.no_grad():
+        model.head.cls_logits.bias[0] = math.nan
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = engine.train_step(model, batch, config, optimizer, torch.device("cpu"), iteration=0, max_iterations=10)
+    assert result.skipped
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], equal_nan=True)
+    assert all(len(s) == 0 for s in optimizer.state.values())  # no momentum buffers were created
+
+
+def test_consecutive_nan_losses_abort_with_a_clear_message(data_root, tmp_path, monkeypatch):
+    config = tiny_config(data_root, "demo_atss", "solver.max_bad_steps=3", "solver.epochs=3")
+    real = engine.loss_sums
+
+    def poisoned(*args, **kwargs):
+        sums, boxes = real(*args, **kwargs)
+        return {**sums, "cls": sums["cls"] * math.nan}, boxes
+
+    monkeypatch.setattr(engine, "loss_sums", poisoned)
+    with pytest.raises(NonFiniteLossError, match="3 consecutive steps"):
+        train(config, tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in records] == [True, True, True]
+    assert records[-1]["bad_steps_total"] == 3 and records[-1]["loss"] is None
+
+
+# ---------------------------------------------------------------------------------------
+# the whole loop
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_root, tmp_path_factory):
+    """A complete 2-epoch run with final evaluation (shared by the CLI tests)."""
+    config = tiny_config(data_root, "demo_atss")
+    run_dir = tmp_path_factory.mktemp("run") / "atss"
+    metrics = train(config, run_dir, progress=False)
+    return config, run_dir, metrics
+
+
+def test_training_run_writes_log_checkpoints_and_metrics(finished_run):
+    config, run_dir, metrics = finished_run
+    assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert json.loads((run_dir / "metrics.json").read_text()).keys() == metrics.keys()
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    iterations = engine.iterations_per_epoch(config, 16) * 2
+    assert [r["iteration"] for r in records] == list(range(1, iterations + 1))
+    for key in ("loss", "loss_cls", "loss_box", "loss_quality", "box_loss_pos", "lr", "num_pos", "num_pos_per_image",
+                "time", "images_per_s", "skipped"):
+        assert key in records[0], key
+    assert all(math.isfinite(r["loss"]) for r in records)
+    # warmup then the step at epoch 1: lr(it) = base * factor
+    assert records[0]["lr"] == pytest.approx(0.01 * config.solver.warmup_ratio)
+    assert records[-1]["lr"] == pytest.approx(0.01 * 0.1)
+    assert (run_dir / "last.pth").is_file() and (run_dir / "epoch_001.pth").is_file() and (run_dir / "epoch_002.pth").is_file()
+    assert configs.from_dict(json.loads((run_dir / "config.json").read_text())) == config
+
+
+def test_evaluate_cli_on_a_tiny_checkpoint(finished_run, tmp_path, capsys):
+    from detector.evaluate import main
+
+    _, run_dir, metrics = finished_run
+    out = tmp_path / "m.json"
+    result = main([str(run_dir / "last.pth"), "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert "Average Precision  (AP) @[ IoU=0.50      | area=   all" in printed
+    saved = json.loads(out.read_text())
+    assert set(saved) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    for key, value in result.items():  # the same model on the same val split: the same numbers
+        assert (value is None or math.isnan(value)) if metrics[key] is None or math.isnan(metrics[key]) \
+            else value == pytest.approx(metrics[key])
+    with pytest.raises(SystemExit):
+        main([str(run_dir / "last.pth"), "solver.lr=1", "--no-progress"])  # only data.* / inference.*
+
+
+def test_plot_writes_a_png(finished_run, tmp_path):
+    from detector.plot import main, smooth
+
+    _, run_dir, _ = finished_run
+    out = tmp_path / "fig.png"
+    main([str(run_dir), str(run_dir), "--keys", "box_loss_pos", "loss_cls", "--labels", "a", "b", "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no run logged"):
+        main([str(run_dir), "--keys", "not_a_key", "--out", str(tmp_path / "x.png")])
+    assert smooth([1.0, 1.0, 1.0], 0.9) == pytest.approx([1.0, 1.0, 1.0])  # bias-corrected EMA
+    assert smooth([0.0, 10.0], 0.5) == pytest.approx([0.0, 5.0 / 0.75])
+
+
+def test_list_configs(capsys):
+    from detector.train import main
+
+    main(["--list"])
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in configs.CONFIGS)
