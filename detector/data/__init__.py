@@ -1,7 +1,9 @@
 """Data side of the training pipeline: built-in dataset, COCO loader, transforms, batching.
 
 See specs/data.md. Names are imported lazily so that ``python -m detector.data.synthetic``
-needs neither torch nor a second import of its own module.
+needs neither torch nor a second import of its own module. The batching function is not
+re-exported: its name equals its module's, which Python binds on the package once the
+module is imported; import it as ``from detector.data.collate import collate``.
 """
 import importlib
 
@@ -17,7 +19,6 @@ _EXPORTS = {
     "to_original_coordinates": "transforms",
     "Batch": "collate",
     "PaddedTargets": "collate",
-    "collate": "collate",
     "pad_boxes": "collate",
     "pad_targets": "collate",
 }
