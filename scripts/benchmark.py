@@ -1,0 +1,196 @@
+"""Speed table: NumPy reference vs torch CPU (vs torch CUDA when present), same run.
+
+COCO-like scenes: an 800 x 1333 input, strides 8..128 (22,300 anchors or points),
+G GTs per image drawn with a COCO-like size mix, predicted deltas with small noise.
+Each cell is the median wall time of ``--repeats`` runs after one warm-up; batched torch
+rows are divided by B to give a per-image time. Ratios compare cells of this one run.
+
+    python scripts/benchmark.py                  # the full table (several minutes on 2 cores)
+    python scripts/benchmark.py --quick          # G = 5 and 20, batch 1: a smoke run
+    python scripts/benchmark.py --markdown out.md
+
+The machine is printed with the table; compare numbers only within one table.
+"""
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detector import anchors as d_anchors  # noqa: E402
+from detector import losses as d_losses  # noqa: E402
+from detector.assign import anchor_free as d_af  # noqa: E402
+from detector.assign import atss as d_atss  # noqa: E402
+from detector.assign import dynamic_atss as d_datss  # noqa: E402
+from detector.assign import max_iou as d_maxiou  # noqa: E402
+from reference import anchors as r_anchors  # noqa: E402
+from reference import coders as r_coders  # noqa: E402
+from reference import losses as r_losses  # noqa: E402
+from reference.assign import anchor_free as r_af  # noqa: E402
+from reference.assign import atss as r_atss  # noqa: E402
+from reference.assign import dynamic_atss as r_datss  # noqa: E402
+from reference.assign import max_iou as r_maxiou  # noqa: E402
+
+IMAGE_SIZE = (800, 1333)
+NUM_CLASSES = 80
+
+
+def coco_like_boxes(rng, count, image_size=IMAGE_SIZE):
+    """(count, 4) float64 boxes: 40% small, 35% medium, 25% large, aspect 1:3..3:1."""
+    height, width = image_size
+    kind = rng.choice(3, size=count, p=[0.40, 0.35, 0.25])
+    side = np.where(kind == 0, rng.uniform(8, 32, count), np.where(kind == 1, rng.uniform(32, 96, count), rng.uniform(96, 600, count)))
+    ratio = np.exp(rng.uniform(np.log(1 / 3), np.log(3), count))
+    w = np.minimum(side * np.sqrt(ratio), width)
+    h = np.minimum(side / np.sqrt(ratio), height)
+    x1 = rng.uniform(0, 1, count) * (width - w)
+    y1 = rng.uniform(0, 1, count) * (height - h)
+    return np.stack([x1, y1, x1 + w, y1 + h], axis=1)
+
+
+def timed(function, repeats, sync=None):
+    function()  # warm-up
+    if sync:
+        sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def scene(num_gts, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    anchors, anchor_counts = r_anchors.multi_level_anchors(IMAGE_SIZE)
+    points, point_strides, point_counts = r_anchors.multi_level_points(IMAGE_SIZE)
+    gts = np.stack([coco_like_boxes(rng, num_gts) for _ in range(batch)])  # (B, G, 4)
+    deltas = rng.normal(0, 0.3, size=(batch, len(anchors), 4))  # (B, A, 4)
+    labels = rng.integers(0, NUM_CLASSES, size=(batch, num_gts))
+    return dict(anchors=anchors, anchor_counts=anchor_counts, points=points, point_counts=point_counts, gts=gts, deltas=deltas, labels=labels)
+
+
+def reference_calls(s):
+    a, ac, p, pc = s["anchors"], s["anchor_counts"], s["points"], s["point_counts"]
+    gt, deltas = s["gts"][0], s["deltas"][0]
+    return {
+        "max_iou": lambda: r_maxiou.assign_max_iou(a, gt),
+        "atss": lambda: r_atss.assign_atss(a, ac, gt),
+        "dynamic_atss": lambda: r_datss.assign_dynamic_atss(a, ac, gt, deltas),
+        "pseudo_iou": lambda: r_af.assign_pseudo_iou(p, pc, gt),
+        "fcos": lambda: r_af.assign_fcos(p, pc, gt),
+    }
+
+
+def torch_calls(s, device, dtype=torch.float32):
+    def t(x):
+        return torch.as_tensor(x, dtype=dtype, device=device)
+
+    a, p = t(s["anchors"]), t(s["points"])
+    ac, pc = s["anchor_counts"], s["point_counts"]
+    gt, deltas = t(s["gts"]), t(s["deltas"])
+    valid = torch.ones(gt.shape[:2], dtype=torch.bool, device=device)
+    return {
+        "max_iou": lambda: d_maxiou.assign_max_iou_batched(a, gt, valid),
+        "atss": lambda: d_atss.assign_atss_batched(a, ac, gt, valid),
+        "dynamic_atss": lambda: d_datss.assign_dynamic_atss_batched(a, ac, gt, valid, deltas),
+        "pseudo_iou": lambda: d_af.assign_pseudo_iou_batched(p, pc, gt, valid),
+        "fcos": lambda: d_af.assign_fcos_batched(p, pc, gt, valid),
+    }
+
+
+def loss_step_calls(s, device, dtype=torch.float32):
+    """The loss step (QFL + GIoU + IoU branch, K = 80) after an ATSS assignment: reference
+    for image 0, torch batched. Inputs are drawn once; only the loss computation is timed."""
+    rng = np.random.default_rng(1)
+    batch, num_anchors = s["deltas"].shape[:2]
+    anchors, gts, labels = s["anchors"], s["gts"], s["labels"]
+    matched = np.stack([r_atss.assign_atss(anchors, s["anchor_counts"], gts[b]).matched_gt for b in range(batch)])
+    logits = rng.normal(0, 2, size=(batch, num_anchors, NUM_CLASSES))
+    quality = rng.normal(0, 1, size=(batch, num_anchors))
+    pred_boxes = np.stack([r_coders.decode_deltas(anchors, s["deltas"][b]) for b in range(batch)])
+    centers = (anchors[:, :2] + anchors[:, 2:]) / 2
+    options = dict(cls_loss="qfl", box_loss="giou", quality="iou")
+
+    def t(x, kind=dtype):
+        return torch.as_tensor(x, dtype=kind, device=device)
+
+    batched = (t(logits), t(pred_boxes), t(quality), t(centers), t(matched, torch.int64), t(gts), t(labels, torch.int64))
+    valid = torch.ones(gts.shape[:2], dtype=torch.bool, device=device)
+    reference = lambda: r_losses.detection_losses(logits[0], pred_boxes[0], quality[0], centers, matched[0], gts[0], labels[0], **options)  # noqa: E731
+    fast = lambda: d_losses.detection_losses_batched(*batched[:6], batched[6], valid, **options)  # noqa: E731
+    return reference, fast
+
+
+def run(args):
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
+    sizes = (5, 20) if args.quick else (5, 20, 100, 500)
+    batches = (1,) if args.quick else (1, 16)
+    rows = []
+    for num_gts in sizes:
+        s1 = scene(num_gts, 1)
+        reference_times = {name: timed(call, args.repeats_reference) for name, call in reference_calls(s1).items()}
+        for batch in batches:
+            s = s1 if batch == 1 else scene(num_gts, batch)
+            for device in devices:
+                sync = torch.cuda.synchronize if device == "cuda" else None
+                for name, call in torch_calls(s, device).items():
+                    seconds = timed(call, args.repeats, sync) / batch
+                    rows.append((name, num_gts, batch, device, seconds, reference_times[name]))
+                reference_loss, fast_loss = loss_step_calls(s, device)
+                if batch == 1 and device == "cpu":
+                    reference_times["loss step"] = timed(reference_loss, args.repeats_reference)
+                seconds = timed(fast_loss, args.repeats, sync) / batch
+                rows.append(("loss step", num_gts, batch, device, seconds, reference_times["loss step"]))
+    return rows
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    text = f"{platform.system()} {cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        text += f", CUDA device {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def table(rows):
+    lines = [
+        "| step | G | B | device | torch ms/image | reference ms/image | speed-up |",
+        "|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for name, num_gts, batch, device, seconds, reference in rows:
+        lines.append(
+            f"| {name} | {num_gts} | {batch} | {device} | {seconds * 1e3:.2f} | {reference * 1e3:.1f} | {reference / seconds:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="G = 5 and 20, batch 1 only")
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per torch cell")
+    parser.add_argument("--repeats-reference", type=int, default=3, help="timed runs per reference cell")
+    parser.add_argument("--no-cuda", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    args = parser.parse_args(argv)
+    torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    text = f"Machine: {machine()}\nScene: {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, strides 8..128, 22,300 anchors/points\n\n" + table(run(args))
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
