@@ -28,9 +28,9 @@ def as_boxes(boxes, name, batched=False):
     if tensor.ndim != ndim or tensor.shape[-1] != 4:
         expected = "(B, N, 4)" if batched else "(N, 4)"
         raise ValueError(f"{name}: expected shape {expected}, got {tuple(tensor.shape)}")
-    finite = torch.isfinite(tensor).all(dim=-1)
-    inverted = (tensor[..., 2] < tensor[..., 0]) | (tensor[..., 3] < tensor[..., 1])
-    if not bool(finite.all()) or bool(inverted.any()):
+    if not _all_finite(tensor) or bool((tensor[..., 2:] < tensor[..., :2]).any()):
+        finite = torch.isfinite(tensor).all(dim=-1)
+        inverted = (tensor[..., 2] < tensor[..., 0]) | (tensor[..., 3] < tensor[..., 1])
         if not bool(finite.all()):
             row = _first_row(~finite)
             raise ValueError(f"{name}: row {row} has a NaN or Inf coordinate: {tensor[row].tolist()}")
@@ -44,8 +44,8 @@ def as_points(points, name):
     tensor = _as_real_tensor(points, name)
     if tensor.ndim != 2 or tensor.shape[1] != 2:
         raise ValueError(f"{name}: expected shape (N, 2), got {tuple(tensor.shape)}")
-    finite = torch.isfinite(tensor).all(dim=1)
-    if not bool(finite.all()):
+    if not _all_finite(tensor):
+        finite = torch.isfinite(tensor).all(dim=1)
         row = _first_row(~finite)
         raise ValueError(f"{name}: row {row} has a NaN or Inf coordinate: {tensor[row].tolist()}")
     return tensor
@@ -91,6 +91,15 @@ def _to_array(values, name):
     if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise ValueError(f"{name}: expected a real integer or floating dtype, got {array.dtype}")
     return array
+
+
+def _all_finite(tensor):
+    """Whether every value is finite, with one cheap reduction in the common case: a finite
+    sum implies finite values (an Inf or NaN makes the sum non-finite); a non-finite sum
+    (which finite values can also give, by overflow) falls back to the per-value test."""
+    if tensor.numel() == 0 or bool(torch.isfinite(tensor.sum())):
+        return True
+    return bool(torch.isfinite(tensor).all())
 
 
 def _first_row(mask):

@@ -464,20 +464,17 @@ class _LevelGrid:
     def __init__(self, points, offset, count, level):
         x, y = points[offset : offset + count, 0], points[offset : offset + count, 1]
         self.offset, self.level = offset, level
-        new_row = (y != y[0]).nonzero()
-        width = int(new_row[0]) if len(new_row) else count
+        new_row = int((y != y[0]).to(torch.uint8).argmax())  # first point off the first row; 0: none
+        width = new_row if new_row > 0 else count
         self.is_grid = False
         if count % width == 0:
             xs, ys = x[:width], y[::width]
-            checks = torch.stack(
-                [
-                    (xs[1:] > xs[:-1]).all(),
-                    (ys[1:] > ys[:-1]).all(),
-                    (x.view(-1, width) == xs).all(),
-                    (y.view(-1, width) == ys[:, None]).all(),
-                ]
+            height = count // width
+            self.is_grid = (
+                torch.equal(x.view(height, width), xs.expand(height, width))
+                and torch.equal(y.view(height, width), ys[:, None].expand(height, width))
+                and bool(torch.cat([xs[1:] > xs[:-1], ys[1:] > ys[:-1]]).all())
             )
-            self.is_grid = bool(checks.all())
         if self.is_grid:
             self.ys, self.xs, self.order, self.width = ys.contiguous(), xs.contiguous(), None, width
         else:
@@ -523,11 +520,12 @@ def _expand_windows(grid, windows, first, last):
     """Positions [first, last) of the concatenated windows -> (slot, point), (N,) int64 each."""
     ends = windows["ends"]
     device = ends.device
-    p0 = int(torch.searchsorted(ends, torch.tensor(first, device=device), right=True)) - 1  # window holding `first`
-    p1 = int(torch.searchsorted(ends, torch.tensor(last - 1, device=device), right=True))  # one past the window of `last - 1`
+    # the window holding `first` and one past the window of `last - 1`, in one look-up
+    p0, p1 = torch.searchsorted(ends, torch.tensor([first, last - 1], device=device, dtype=ends.dtype), right=True).tolist()
+    p0 -= 1
     starts = ends[p0:p1]  # (W,) start of each window
     local = torch.minimum(ends[p0 + 1 : p1 + 1], torch.tensor(last, device=device)) - torch.clamp(starts, min=first)  # (W,)
-    window = p0 + torch.repeat_interleave(torch.arange(p1 - p0, device=device), local)  # (N,)
+    window = p0 + torch.repeat_interleave(torch.arange(p1 - p0, device=device), local, output_size=last - first)  # (N,)
     within = torch.arange(first, last, device=device) - ends[window]  # position inside its window
     cols = windows["cols"][window]
     row = windows["row0"][window] + torch.div(within, cols, rounding_mode="floor")

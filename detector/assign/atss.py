@@ -115,17 +115,12 @@ def select_candidates(gt_boxes, anchors, num_anchors_per_level, topk, *, max_ele
     batch, num_gts = gt_boxes.shape[:2]
     anchor_centers = _centers(anchors)
     gt_centers = _centers(gt_boxes)
+    levels = _levels(anchor_centers, num_anchors_per_level, topk)
     chunk = max(1, max_elements // max(1, batch * max(num_anchors_per_level, default=0)))
     blocks = []
     for first in range(0, num_gts, chunk):
         centers = gt_centers[:, first : first + chunk]
-        per_level, start = [], 0
-        for count in num_anchors_per_level:
-            if count > 0:
-                level = _nearest(centers, anchor_centers[start : start + count], min(topk, count))
-                per_level.append(level + start)
-            start += count
-        blocks.append(_cat(per_level, centers.shape[:2], anchors.device))
+        blocks.append(_cat(_nearest(centers, anchor_centers, levels), centers.shape[:2], anchors.device))
     if not blocks:
         return torch.zeros((batch, 0, sum(min(topk, n) for n in num_anchors_per_level)), dtype=torch.int64, device=anchors.device)
     return torch.cat(blocks, dim=1)
@@ -184,7 +179,7 @@ def centers_inside(gt_boxes, anchors, candidate_index, eps):
     Returns:
         (B, G, C) bool.
     """
-    centers = _centers(anchors)[candidate_index]  # (B, G, C, 2)
+    centers = _centers(anchors[candidate_index])  # (B, G, C, 2)
     x, y = centers[..., 0], centers[..., 1]
     x1, y1, x2, y2 = (gt_boxes[..., i, None] for i in range(4))
     margin = torch.minimum(torch.minimum(x - x1, y - y1), torch.minimum(x2 - x, y2 - y))
@@ -321,11 +316,45 @@ def _ieee_sqrt(values):
 
 
 def _centers(boxes):
-    return torch.stack([(boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2], dim=-1)
+    """(..., 4) xyxy -> (..., 2) centres ``((x1 + x2) / 2, (y1 + y2) / 2)``."""
+    return (boxes[..., :2] + boxes[..., 2:]) / 2
 
 
-def _nearest(gt_centers, anchor_centers, k):
-    """k nearest anchors of one level; a fast exact path for regular grids of centres.
+def _levels(anchor_centers, num_anchors_per_level, topk):
+    """The non-empty levels as ``(start, count, k, grid)``, ``grid`` from ``_grid`` (or None)."""
+    levels, start = [], 0
+    for count in num_anchors_per_level:
+        if count > 0:
+            k = min(topk, count)
+            levels.append((start, count, k, _grid(anchor_centers[start : start + count], k)))
+        start += count
+    return levels
+
+
+def _nearest(gt_centers, anchor_centers, levels):
+    """k nearest anchors of each level: (B, G, 2) GT centres -> one (B, G, k_l) tensor of
+    anchor indices per level (ordered by (squared distance, index)).
+
+    Levels whose centres form a regular grid take a fast exact path (``_nearest_on_grids``),
+    all such levels with the same k at once; the others compute every distance
+    (``_nearest_in_level``).
+    """
+    result = [None] * len(levels)
+    same_k = {}
+    for position, (start, count, k, grid) in enumerate(levels):
+        if grid is None:
+            result[position] = _nearest_in_level(gt_centers, anchor_centers[start : start + count], k) + start
+        else:
+            same_k.setdefault(k, []).append(position)
+    for k, positions in same_k.items():
+        found = _nearest_on_grids(gt_centers, anchor_centers, [levels[p] for p in positions], k)
+        for position, index in zip(positions, found.unbind(0)):
+            result[position] = index
+    return result
+
+
+def _nearest_on_grids(gt_centers, anchor_centers, levels, k):
+    """k nearest anchors on L' grid levels at once: (B, G, 2) -> (L', B, G, k) anchor indices.
 
     On a grid (rows of equal y, columns of equal x, both increasing: what every anchor
     generator produces) the k nearest centres of a GT lie in a small window of cells around
@@ -333,41 +362,65 @@ def _nearest(gt_centers, anchor_centers, k):
     the dense path, and keep the result only where it is provably exact: the k-th window
     distance must be strictly below a lower bound on every outside anchor's distance (the
     squared gap to the nearest column or row outside the window, computed in the same
-    rounding). Other rows (and non-grid levels) take the dense path.
+    rounding). Other rows take the dense path. The levels' column and row coordinates are
+    padded with +inf to a common length, so every step runs once for all levels.
     """
-    grid = _grid(anchor_centers, k)
-    if grid is None:
-        return _nearest_in_level(gt_centers, anchor_centers, k)
-    xs, ys, radius = grid
-    width, height = xs.shape[0], ys.shape[0]
+    device = anchor_centers.device
+    radius = levels[0][3][2]  # the same for every level with this k
     side = 2 * radius + 1
-    gx, gy = gt_centers[..., 0].contiguous(), gt_centers[..., 1].contiguous()
-    col0 = (torch.searchsorted(xs, gx) - radius).clamp(0, width - side)  # (B, G) window origin
-    row0 = (torch.searchsorted(ys, gy) - radius).clamp(0, height - side)
-    steps = torch.arange(side, device=xs.device)
-    cols = col0[..., None] + steps  # (B, G, side)
+    batch, num_gts = gt_centers.shape[:2]
+    num_levels, num_rows = len(levels), batch * num_gts
+    xs = _pad_stack([grid[0] for _, _, _, grid in levels])  # (L', W_max), +inf padded
+    ys = _pad_stack([grid[1] for _, _, _, grid in levels])  # (L', H_max)
+    width = torch.tensor([grid[0].shape[0] for _, _, _, grid in levels], device=device)[:, None]  # (L', 1)
+    height = torch.tensor([grid[1].shape[0] for _, _, _, grid in levels], device=device)[:, None]
+    start = torch.tensor([level[0] for level in levels], device=device)[:, None, None]  # (L', 1, 1)
+    centers = gt_centers.reshape(num_rows, 2)
+    gx = centers[:, 0].expand(num_levels, num_rows).contiguous()  # (L', N)
+    gy = centers[:, 1].expand(num_levels, num_rows).contiguous()
+    col0 = torch.minimum((torch.searchsorted(xs, gx) - radius).clamp(min=0), width - side)  # (L', N) window origin
+    row0 = torch.minimum((torch.searchsorted(ys, gy) - radius).clamp(min=0), height - side)
+    steps = torch.arange(side, device=device)
+    cols = col0[..., None] + steps  # (L', N, side)
     rows = row0[..., None] + steps
-    dx = xs[cols] - gx[..., None]
+    dx = xs.gather(1, cols.flatten(1)).view(num_levels, num_rows, side) - gx[..., None]
     dx.mul_(dx)
-    dy = ys[rows] - gy[..., None]
+    dy = ys.gather(1, rows.flatten(1)).view(num_levels, num_rows, side) - gy[..., None]
     dy.mul_(dy)
-    squared = (dx[..., None, :] + dy[..., :, None]).flatten(-2)  # (B, G, side * side), row-major
-    window_index = (rows[..., :, None] * width + cols[..., None, :]).flatten(-2)  # increasing
-    values, local = _exact_topk(squared, k)
-    index = window_index.gather(-1, local)
+    squared = (dx[..., None, :] + dy[..., :, None]).flatten(-2)  # (L', N, side * side), row-major: anchor order
+    values, local = _exact_topk(squared, k)  # local = window row * side + window column
+    index = start + (row0[..., None] + local // side) * width[..., None] + col0[..., None] + local % side  # (L', N, k)
     # lower bound on the squared distance of any anchor outside the window
     inf = torch.full_like(gx, math.inf)
-    left = torch.where(col0 > 0, xs[(col0 - 1).clamp(min=0)] - gx, inf)
-    right = torch.where(col0 + side < width, xs[(col0 + side).clamp(max=width - 1)] - gx, inf)
-    top = torch.where(row0 > 0, ys[(row0 - 1).clamp(min=0)] - gy, inf)
-    bottom = torch.where(row0 + side < height, ys[(row0 + side).clamp(max=height - 1)] - gy, inf)
+    left = torch.where(col0 > 0, xs.gather(1, (col0 - 1).clamp(min=0)) - gx, inf)
+    right = torch.where(col0 + side < width, xs.gather(1, torch.minimum(col0 + side, width - 1)) - gx, inf)
+    top = torch.where(row0 > 0, ys.gather(1, (row0 - 1).clamp(min=0)) - gy, inf)
+    bottom = torch.where(row0 + side < height, ys.gather(1, torch.minimum(row0 + side, height - 1)) - gy, inf)
     bound = torch.minimum(torch.minimum(left * left, right * right), torch.minimum(top * top, bottom * bottom))
-    unsafe = ~(values[..., -1] < bound)
-    rows_unsafe = unsafe.nonzero(as_tuple=True)
-    if rows_unsafe[0].numel():
-        dense = _nearest_in_level(gt_centers[rows_unsafe][None], anchor_centers, k)[0]
-        index[rows_unsafe] = dense
-    return _order_by_distance_then_index(gt_centers, anchor_centers, index)
+    unsafe = ~(values[..., -1] < bound)  # (L', N)
+    if bool(unsafe.any()):
+        for position, (first, count, _, _) in enumerate(levels):
+            rows_unsafe = unsafe[position].nonzero(as_tuple=True)[0]
+            if rows_unsafe.numel():
+                dense = _nearest_in_level(centers[rows_unsafe][None], anchor_centers[first : first + count], k)[0]
+                index[position, rows_unsafe] = dense + first
+    # ``_exact_topk`` returns ascending values (side * side > k), so a row without equal
+    # values is in (distance, index) order already (dense rows are ordered too); rows with
+    # equal values are sorted
+    tied = (values[..., 1:] == values[..., :-1]).any(dim=-1)  # (L', N)
+    if bool(tied.any()):
+        level_tied, rows_tied = tied.nonzero(as_tuple=True)
+        index[level_tied, rows_tied] = _order_by_distance_then_index(centers[rows_tied], anchor_centers, index[level_tied, rows_tied])
+    return index.view(num_levels, batch, num_gts, k)
+
+
+def _pad_stack(vectors):
+    """1-D tensors -> (len(vectors), longest), padded with +inf (after every finite value)."""
+    longest = max(vector.shape[0] for vector in vectors)
+    out = torch.full((len(vectors), longest), math.inf, dtype=vectors[0].dtype, device=vectors[0].device)
+    for row, vector in enumerate(vectors):
+        out[row, : vector.shape[0]] = vector
+    return out
 
 
 def _grid(anchor_centers, k):
@@ -379,7 +432,8 @@ def _grid(anchor_centers, k):
     side = 2 * radius + 1
     if count < side * side:
         return None
-    width = int((y != y[0]).nonzero()[0, 0]) if bool((y != y[0]).any()) else count
+    new_row = int((y != y[0]).to(torch.uint8).argmax())  # first centre off the first row; 0: none
+    width = new_row if new_row > 0 else count
     if width < side or count % width:
         return None
     height = count // width
@@ -387,9 +441,9 @@ def _grid(anchor_centers, k):
         return None
     grid_x, grid_y = x.reshape(height, width), y.reshape(height, width)
     xs, ys = grid_x[0].contiguous(), grid_y[:, 0].contiguous()
-    if not (bool((grid_x == xs).all()) and bool((grid_y == ys[:, None]).all())):
+    if not (torch.equal(grid_x, xs.expand(height, width)) and torch.equal(grid_y, ys[:, None].expand(height, width))):
         return None
-    if not (bool((xs[1:] > xs[:-1]).all()) and bool((ys[1:] > ys[:-1]).all())):
+    if not bool(torch.cat([xs[1:] > xs[:-1], ys[1:] > ys[:-1]]).all()):
         return None
     return xs, ys, radius
 

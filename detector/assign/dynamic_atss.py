@@ -197,17 +197,23 @@ def dynamic_weight(schedule, iteration, max_iterations):
 
 
 def decode_predictions(anchors, pred_deltas, stds, candidate_index):
-    """Decoded predicted boxes (specs/dynamic_atss.md §2.2).
+    """Decoded predicted boxes of the candidate anchors (specs/dynamic_atss.md §2.2).
+
+    Only candidates can become positive, so only their predictions are decoded (the same
+    elementwise arithmetic as decoding every row); every other row is NaN (never read).
 
     Args:
         anchors: (A, 4); pred_deltas: (B, A, 4) detached; stds: 4 floats;
-        candidate_index: (B, G, C) (only candidates are read later; every row is decoded,
-            which is cheaper here than gathering).
+        candidate_index: (B, G, C) int64.
 
     Returns:
         (B, A, 4) boxes, possibly non-finite.
     """
-    return decode_deltas_unchecked(anchors, pred_deltas, stds)
+    batch = torch.arange(pred_deltas.shape[0], device=pred_deltas.device)[:, None, None]
+    decoded = decode_deltas_unchecked(anchors[candidate_index], pred_deltas[batch, candidate_index], stds)  # (B, G, C, 4)
+    pred_boxes = torch.full(pred_deltas.shape, math.nan, dtype=decoded.dtype, device=decoded.device)
+    pred_boxes[batch, candidate_index] = decoded  # an anchor shared by GTs gets the same value
+    return pred_boxes
 
 
 def predicted_ious(gt_boxes, pred_boxes, candidate_index):
@@ -219,10 +225,11 @@ def predicted_ious(gt_boxes, pred_boxes, candidate_index):
     Returns:
         (B, G, C) in [0, 1].
     """
-    finite = torch.isfinite(pred_boxes).all(dim=-1)
-    safe_boxes = torch.where(finite[..., None], pred_boxes, 0.0)
-    ious = candidate_ious(gt_boxes, safe_boxes, candidate_index)
-    return torch.where(gather_boxes(finite[..., None], candidate_index)[..., 0], ious, 0.0)
+    boxes = gather_boxes(pred_boxes, candidate_index)  # (B, G, C, 4)
+    finite = torch.isfinite(boxes).all(dim=-1)
+    safe_boxes = torch.where(finite[..., None], boxes, 0.0)
+    ious = aligned_iou(gt_boxes[:, :, None, :], safe_boxes)
+    return torch.where(finite, ious, 0.0)
 
 
 def combine_ious(pred_ious, anchor_ious, pred_weight, anchor_weight):
