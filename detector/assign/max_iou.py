@@ -12,6 +12,11 @@ from detector.assign.atss import DEFAULT_MAX_ELEMENTS, aligned_iou, check_max_el
 from detector.conventions import BACKGROUND, IGNORE
 from detector.validation import as_boxes
 
+#: GTs are processed in chunks of at most this many (GT, anchor) values even under a larger
+#: ``max_elements``: chunks that fit in the CPU cache made the dense IoU passes 2-4x faster
+#: on an 800x1333 scene (docs/benchmarks.md). The result does not depend on the chunking.
+CACHE_FRIENDLY_ELEMENTS = 2**18
+
 
 def assign_max_iou(
     anchors,
@@ -86,7 +91,7 @@ def assign_max_iou_batched(
         best_gt = torch.zeros((batch, num_anchors), dtype=torch.int64, device=device)
         claim_iou = torch.full((batch, num_anchors), -math.inf, dtype=dtype, device=device)
         claim_gt = torch.full((batch, num_anchors), BACKGROUND, dtype=torch.int64, device=device)
-        chunk = max(1, max_elements // max(1, batch * num_anchors))
+        chunk = max(1, min(max_elements, CACHE_FRIENDLY_ELEMENTS) // max(1, batch * num_anchors))
         for first in range(0, num_gts, chunk):
             ious = _pairwise_ious(gt_boxes[:, first : first + chunk], anchors, gt_valid[:, first : first + chunk])
             chunk_iou, chunk_gt = best_gt_per_anchor(ious)
