@@ -68,7 +68,7 @@ def test_head_initialisation():
     # initial foreground probability is prior_prob wherever the features are small
     out = head(_features([(3, 3), (2, 2)]))
     probs = torch.sigmoid(out.cls_logits)
-    assert float((probs - 0.01).abs().max()) < 2e-3
+    assert float((probs - 0.01).abs().max().detach()) < 2e-3
 
 
 def test_anchor_free_head_regression_is_nonnegative_and_scaled_per_level():
