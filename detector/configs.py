@@ -25,6 +25,7 @@ SCORE_MODES = ("sqrt", "product", "cls")
 WEIGHT_SCHEDULES = ("constant", "up", "down")
 WARMUPS = ("linear", "constant", "none")
 DATASETS = ("digits", "coco")
+CROWDS = ("drop", "ignore")
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class DataConfig:
     flip: float = 0.5
     num_workers: int = 2
     drop_empty_train: bool = False
+    crowd: str = "drop"
     digits_num_train: int = 1000
     digits_num_val: int = 200
     digits_image_size: int = 256
@@ -213,6 +215,7 @@ def validate(config):
     choice(config.assign.anchor_weight_schedule, WEIGHT_SCHEDULES, "assign.anchor_weight_schedule")
     choice(config.solver.warmup, WARMUPS, "solver.warmup")
     choice(config.data.dataset, DATASETS, "data.dataset")
+    choice(config.data.crowd, CROWDS, "data.crowd")
     choice(config.fpn.p6p7_input, ("p5", "c5"), "fpn.p6p7_input")
     levels = config.fpn.levels
     if not levels or list(levels) != list(range(levels[0], levels[0] + len(levels))) or levels[0] < 3 or levels[-1] > 7:

@@ -22,7 +22,7 @@ from detector.data.collate import collate, pad_targets
 from detector.data.synthetic import build_digits_dataset, default_cache_root
 from detector.data.transforms import Compose, Normalize, RandomHorizontalFlip, Resize, to_original_coordinates
 from detector.evaluation import coco_evaluate
-from detector.modeling.detector import assign_batch, loss_sums, predict, reduce_loss_sums
+from detector.modeling.detector import apply_ignore_regions, assign_batch, loss_sums, predict, reduce_loss_sums
 
 
 # ----------------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ def build_datasets(config, *, val_images=None, val_annotations=None):
     train_images, train_annotations, default_val_images, default_val_annotations = dataset_paths(config)
     val_images = val_images or default_val_images
     val_annotations = val_annotations or default_val_annotations
-    train = CocoDetection(train_images, train_annotations)
+    train = CocoDetection(train_images, train_annotations, crowd=config.data.crowd)
     if config.data.drop_empty_train:
         keep = [i for i in range(len(train)) if len(train.get_target(i)["boxes"]) > 0]
         train_set = torch.utils.data.Subset(train, keep)
@@ -282,6 +282,7 @@ def train_step(model, batch, config, optimizer, device, *, iteration, max_iterat
     outputs_finite = all(bool(torch.isfinite(t.detach()).all()) for t in tensors)
     if outputs_finite:  # the loss functions reject non-finite logits with a ValueError
         assignment = assign_batch(config, priors, outputs, targets, iteration, max_iterations)
+        assignment = apply_ignore_regions(priors, assignment, batch.targets)  # crowd regions, if any
         sums, _ = loss_sums(config, priors, outputs, targets, assignment)
         terms = reduce_loss_sums(config, sums, all_reduce_mean if world_size() > 1 else None)
         loss = sum(terms.values())

@@ -93,6 +93,28 @@ def iou_targets(pred_boxes, matched_gt, gt_boxes):
     return iou_targets_batched(pred_boxes[None], matched_gt[None], gt_boxes[None])[0]
 
 
+def ignore_regions(matched_gt, centers, ignore_boxes):
+    """Turn background anchors whose centre lies inside an ignore region into IGNORE
+    (specs/targets.md §8).
+
+    Args:
+        matched_gt: (A,) integers in {IGNORE, BACKGROUND, 0, 1, ...}.
+        centers: (A, 2) (x, y) anchor centres or points.
+        ignore_boxes: (I, 4) xyxy ignore regions; I may be 0.
+
+    Returns:
+        (A,) int64 on the device of ``matched_gt``: ``IGNORE`` where ``matched_gt ==
+        BACKGROUND`` and the centre is strictly inside some ignore box, else ``matched_gt``.
+    """
+    matched_gt = _check_ignore_matched_gt(matched_gt, 1)
+    centers = as_points(centers, "centers")
+    ignore_boxes = as_boxes(ignore_boxes, "ignore_boxes")
+    if len(centers) != len(matched_gt):
+        raise ValueError(f"centers: expected {len(matched_gt)} rows to pair with matched_gt, got {len(centers)}")
+    valid = torch.ones(1, len(ignore_boxes), dtype=torch.bool, device=ignore_boxes.device)
+    return ignore_regions_batched(matched_gt[None], centers, ignore_boxes[None], valid)[0]
+
+
 # ---------------------------------------------------------------------------------------
 # batched variants (no reference twin): GTs padded to G_max, gt_valid (B, G_max)
 
@@ -176,6 +198,47 @@ def iou_targets_batched(pred_boxes, matched_gt, gt_boxes, gt_valid=None):
     return torch.where(positive, iou, 0.0)
 
 
+def ignore_regions_batched(matched_gt, centers, ignore_boxes, ignore_valid):
+    """Batched :func:`ignore_regions` (specs/targets.md §8).
+
+    Vectorised over images, regions and anchors; the largest intermediate is a
+    (B, I_max, A) bool tensor.
+
+    Args:
+        matched_gt: (B, A) integers in {IGNORE, BACKGROUND, 0, 1, ...}.
+        centers: (A, 2) (x, y) shared by the batch.
+        ignore_boxes: (B, I_max, 4) xyxy, padded (``detector.data.collate.pad_boxes``).
+        ignore_valid: (B, I_max) bool; padded slots contain no centre.
+
+    Returns:
+        (B, A) int64 on the device of ``matched_gt``.
+    """
+    matched_gt = _check_ignore_matched_gt(matched_gt, 2)
+    centers = as_points(centers, "centers")
+    ignore_boxes = as_boxes(ignore_boxes, "ignore_boxes", batched=True)
+    batch, num_anchors = matched_gt.shape
+    if len(centers) != num_anchors:
+        raise ValueError(f"centers: expected {num_anchors} rows to pair with matched_gt, got {len(centers)}")
+    if ignore_boxes.shape[0] != batch:
+        raise ValueError(f"ignore_boxes: expected {batch} images to pair with matched_gt, got {ignore_boxes.shape[0]}")
+    ignore_valid = _check_gt_valid(ignore_valid, ignore_boxes.shape[:2], "ignore_valid")
+
+    device = matched_gt.device
+    dtype = torch.promote_types(centers.dtype, ignore_boxes.dtype)
+    x = centers[:, 0].to(device, dtype).detach()[None, None]  # (1, 1, A)
+    y = centers[:, 1].to(device, dtype).detach()[None, None]
+    boxes = ignore_boxes.to(device, dtype).detach()[..., None]  # (B, I_max, 4, 1)
+    # min(l, t, r, b) > 0 (specs/boxes.md §7), written as four strict comparisons so that
+    # no (B, I_max, A) float tensor is built: x - x1 > 0 <=> x > x1 for finite floats.
+    inside = x > boxes[:, :, 0]  # (B, I_max, A) bool
+    inside &= y > boxes[:, :, 1]
+    inside &= x < boxes[:, :, 2]
+    inside &= y < boxes[:, :, 3]
+    inside &= ignore_valid.to(device)[..., None]
+    inside_any = inside.any(dim=1) if inside.shape[1] else torch.zeros(batch, num_anchors, dtype=torch.bool, device=device)
+    return torch.where((matched_gt == BACKGROUND) & inside_any, IGNORE, matched_gt)
+
+
 # ---------------------------------------------------------------------------------------
 # helpers
 
@@ -236,12 +299,22 @@ def _check_matched_gt_batched(matched_gt, gt_valid):
     return tensor
 
 
-def _check_gt_valid(gt_valid, shape):
+def _check_ignore_matched_gt(matched_gt, ndim):
+    """(A,) or (B, A) integers >= IGNORE (ignore regions read no GTs, so no upper bound)."""
+    tensor = _as_index_tensor(matched_gt, "matched_gt", ndim)
+    bad = tensor < IGNORE
+    if bool(bad.any()):
+        row = _first(bad)
+        raise ValueError(f"matched_gt: row {row} is {int(tensor[row])}, expected {IGNORE}, {BACKGROUND} or a GT index >= 0")
+    return tensor
+
+
+def _check_gt_valid(gt_valid, shape, name="gt_valid"):
     if gt_valid is None:
         return torch.ones(tuple(shape), dtype=torch.bool)
     gt_valid = torch.as_tensor(gt_valid)
     if gt_valid.dtype != torch.bool or tuple(gt_valid.shape) != tuple(shape):
-        raise ValueError(f"gt_valid: expected a bool tensor of shape {tuple(shape)}, got {gt_valid.dtype} {tuple(gt_valid.shape)}")
+        raise ValueError(f"{name}: expected a bool tensor of shape {tuple(shape)}, got {gt_valid.dtype} {tuple(gt_valid.shape)}")
     return gt_valid
 
 

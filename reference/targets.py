@@ -7,8 +7,8 @@ exists), so a target is always finite.
 """
 import numpy as np
 
-from reference.boxes import aligned_box_iou
-from reference.conventions import BACKGROUND, IGNORE
+from reference.boxes import aligned_box_iou, points_inside_boxes
+from reference.conventions import BACKGROUND, FCOS_INSIDE_EPS, IGNORE
 from reference.validation import as_boxes, as_points, as_values
 
 
@@ -124,6 +124,39 @@ def iou_targets(pred_boxes, matched_gt, gt_boxes):
     return targets
 
 
+def ignore_regions(matched_gt, centers, ignore_boxes):
+    """Turn background anchors whose centre lies inside an ignore region into IGNORE
+    (specs/targets.md §8).
+
+    Runs after the assigner, before the targets: a COCO crowd box (``ignore_boxes`` of
+    ``CocoDetection(..., crowd="ignore")``) excludes the negatives it covers from the
+    classification loss. Positives are never changed.
+
+    Args:
+        matched_gt: (A,) integers in {IGNORE, BACKGROUND, 0, 1, ...}.
+        centers: (A, 2) (x, y) anchor centres or points.
+        ignore_boxes: (I, 4) xyxy ignore regions; I may be 0.
+
+    Returns:
+        (A,) int64: ``IGNORE`` where ``matched_gt == BACKGROUND`` and the centre is strictly
+        inside some ignore box (``min(l, t, r, b) > 0``, specs/boxes.md §7), else
+        ``matched_gt``. A zero-area ignore box contains no centre.
+
+    Raises:
+        ValueError: a bad ``matched_gt`` value, bad centres or boxes, or a length mismatch.
+    """
+    matched_gt = _check_matched_gt(matched_gt, None)
+    centers = as_points(centers, "centers")
+    ignore_boxes = as_boxes(ignore_boxes, "ignore_boxes")
+    if len(centers) != len(matched_gt):
+        raise ValueError(f"centers: expected {len(matched_gt)} rows to pair with matched_gt, got {len(centers)}")
+
+    inside_any = np.zeros(len(matched_gt), dtype=bool)
+    for box in ignore_boxes:  # one (A,) test per region
+        inside_any |= points_inside_boxes(centers, box[None], FCOS_INSIDE_EPS)[0]
+    return np.where((matched_gt == BACKGROUND) & inside_any, IGNORE, matched_gt).astype(np.int64)
+
+
 # ---------------------------------------------------------------------------------------
 # helpers
 
@@ -137,15 +170,17 @@ def _side_ratio(near, far):
 
 
 def _check_matched_gt(matched_gt, num_gts):
+    """Check (A,) integer sentinels / GT indices; ``num_gts=None`` accepts any index >= 0."""
     array = np.asarray(matched_gt)
     if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) and array.dtype != bool):
         raise ValueError(f"matched_gt: expected a (A,) integer array, got shape {array.shape} dtype {array.dtype}")
-    bad = (array < IGNORE) | (array >= num_gts)
+    bad = array < IGNORE
+    if num_gts is not None:
+        bad |= array >= num_gts
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"matched_gt: row {row} is {int(array[row])}, expected {IGNORE}, {BACKGROUND} or a GT index below {num_gts}"
-        )
+        allowed = "a GT index >= 0" if num_gts is None else f"a GT index below {num_gts}"
+        raise ValueError(f"matched_gt: row {row} is {int(array[row])}, expected {IGNORE}, {BACKGROUND} or {allowed}")
     return array.astype(np.int64)
 
 

@@ -142,6 +142,40 @@ def assign_batch(config, priors, outputs, targets, iteration=0, max_iterations=1
     raise ValueError(f"assign.name: unknown assigner {a.name!r} for head.family={config.head.family!r}")
 
 
+def apply_ignore_regions(priors, assignment, target_dicts):
+    """Mark background anchors inside the batch's ignore regions as IGNORE
+    (specs/targets.md §8, specs/training.md §2 ``data.crowd``).
+
+    Runs between ``assign_batch`` and ``loss_sums``. The regions are the per-image
+    ``target["ignore_boxes"]`` (COCO crowd boxes of ``CocoDetection(..., crowd="ignore")``,
+    in the resized image frame), padded with ``data.collate.pad_boxes``; the test point of
+    an anchor is its centre (``priors.points``).
+
+    Args:
+        priors: ``Priors`` of the batch.
+        assignment: a batched ``Assignment`` (matched_gt (B, A)).
+        target_dicts: the B target dicts of the batch.
+
+    Returns:
+        ``assignment`` itself when no image carries an ignore box (nothing changes), else a
+        copy whose ``matched_gt`` has IGNORE at those anchors (``matched_metric`` is already
+        0 there: they were background).
+    """
+    import dataclasses
+
+    from detector.data.collate import pad_boxes
+    from detector.targets import ignore_regions_batched
+
+    regions = [t.get("ignore_boxes") for t in target_dicts]
+    if not any(r is not None and len(r) > 0 for r in regions):
+        return assignment
+    regions = [torch.zeros(0, 4) if r is None else torch.as_tensor(r).reshape(-1, 4) for r in regions]
+    device = assignment.matched_gt.device
+    ignore_boxes, ignore_valid = pad_boxes([r.to(priors.points.dtype) for r in regions], device=device)
+    matched_gt = ignore_regions_batched(assignment.matched_gt, priors.points, ignore_boxes, ignore_valid)
+    return dataclasses.replace(assignment, matched_gt=matched_gt)
+
+
 def dynamic_weights(config, iteration, max_iterations):
     """(w_p, w_a) of Dynamic ATSS at ``iteration`` (specs/dynamic_atss.md §5)."""
     from detector.assign.dynamic_atss import dynamic_weight

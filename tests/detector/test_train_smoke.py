@@ -202,3 +202,85 @@ def test_list_configs(capsys):
     main(["--list"])
     printed = capsys.readouterr().out
     assert all(name in printed for name in configs.CONFIGS)
+
+
+# ---------------------------------------------------------------------------------------
+# crowd regions as IGNORE (data.crowd=ignore; specs/targets.md §8, specs/training.md §2)
+
+
+def test_crowd_option_is_validated_and_reaches_the_training_loader(data_root, monkeypatch):
+    assert configs.get_config("demo").data.crowd == "drop"
+    with pytest.raises(ValueError, match="data.crowd"):
+        configs.get_config("demo", ["data.crowd=keep"])
+    seen = []
+    original = engine.CocoDetection
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("crowd", "drop"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "CocoDetection", recording)
+    engine.build_datasets(tiny_config(data_root, "demo_atss", "data.crowd=ignore"))
+    assert seen == ["ignore", "drop"]  # train split, then val split
+
+
+def _with_ignore_boxes(batch, regions, config):
+    items = [(batch.images[b, :, :IMAGE, :IMAGE], dict(batch.targets[b], ignore_boxes=torch.tensor(r, dtype=torch.float32).reshape(-1, 4)))
+             for b, r in enumerate(regions)]
+    return collate(items, size_divisor=engine.size_divisor(config))
+
+
+@pytest.mark.parametrize("name", ["demo_atss", "demo_piou"])
+def test_ignore_boxes_turn_covered_background_into_ignore(data_root, name):
+    from detector.conventions import BACKGROUND, IGNORE
+    from detector.data.collate import pad_targets
+    from detector.modeling.detector import apply_ignore_regions, assign_batch
+    from detector.targets import class_targets_batched
+
+    config = tiny_config(data_root, name, "data.crowd=ignore")
+    batch, num_classes = _fixed_batch(config)
+    model = Detector(config, num_classes)
+    region = [8.0, 8.0, 40.0, 40.0]
+    crowded = _with_ignore_boxes(batch, [[region], [], [], []], config)
+    targets = pad_targets(crowded.targets)
+    with torch.no_grad():
+        outputs = model(crowded.images)
+    priors = model.priors(tuple(crowded.images.shape[-2:]), outputs.feature_sizes)
+    assignment = assign_batch(config, priors, outputs, targets)
+    marked = apply_ignore_regions(priors, assignment, crowded.targets)
+
+    x, y = priors.points[:, 0], priors.points[:, 1]
+    inside = (x > region[0]) & (y > region[1]) & (x < region[2]) & (y < region[3])
+    before, after = assignment.matched_gt, marked.matched_gt
+    expected_ignore = inside & (before[0] == BACKGROUND)
+    assert bool(expected_ignore.any())  # the region covers some background anchors
+    torch.testing.assert_close(after[0][expected_ignore], torch.full((int(expected_ignore.sum()),), IGNORE))
+    torch.testing.assert_close(after[0][~expected_ignore], before[0][~expected_ignore])  # positives, outside: kept
+    torch.testing.assert_close(after[1:], before[1:])  # images without regions are untouched
+    _, weights = class_targets_batched(after, targets.gt_labels, num_classes, None, targets.gt_valid)
+    torch.testing.assert_close(weights[0][expected_ignore], torch.zeros(int(expected_ignore.sum())))
+    # no ignore boxes anywhere: the assignment itself comes back
+    assert apply_ignore_regions(priors, assignment, batch.targets) is assignment
+
+
+def test_train_step_with_crowd_regions_is_finite_and_drops_covered_negatives(data_root):
+    import copy
+
+    config = tiny_config(data_root, "demo_atss", "data.crowd=ignore")
+    batch, num_classes = _fixed_batch(config)
+    torch.manual_seed(0)
+    model = Detector(config, num_classes)
+    twin = copy.deepcopy(model)
+    everywhere = [[0.0, 0.0, float(IMAGE), float(IMAGE)]]
+    crowded = _with_ignore_boxes(batch, [everywhere] * 4, config)
+    plain = _with_ignore_boxes(batch, [[]] * 4, config)
+    results = []
+    for net, data in ((model, crowded), (twin, plain)):
+        optimizer = engine.build_optimizer(config, net)
+        results.append(engine.train_step(net, data, config, optimizer, torch.device("cpu"), iteration=0, max_iterations=10))
+    with_regions, without = results
+    assert not with_regions.skipped and all(math.isfinite(v) for v in with_regions.terms.values())
+    assert with_regions.num_pos == without.num_pos > 0  # positives are never ignored
+    # every negative inside the image is ignored: only positives (and points on the border) add to loss_cls
+    assert with_regions.terms["loss_cls"] < without.terms["loss_cls"]
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())

@@ -115,3 +115,104 @@ def test_batched_targets_reject_a_match_to_a_padded_slot():
     valid = torch.tensor([[True, False]])
     with pytest.raises(ValueError, match=r"matched_gt: row \(0, 1\)"):
         DT.box_targets_batched(torch.tensor([[0, 1]]), gts, valid)
+
+
+# ---------------------------------------------------------------------------------------
+# ignore regions (specs/targets.md §8)
+
+
+@st.composite
+def ignore_images(draw, num_anchors=None):
+    """An image's assignment, centres (half of them on a 4 px grid, hitting the 8 px grid
+    boxes' edges) and ignore regions (every box kind, zero-area included)."""
+    regions = draw(gt_boxes((96, 96), 0, 5))
+    if num_anchors is None:
+        num_anchors = draw(st.integers(0, 60))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    grid = 4.0 * rng.integers(-1, 26, size=(num_anchors, 2))
+    free = rng.uniform(-10, 106, size=(num_anchors, 2))
+    centers = np.where(rng.random((num_anchors, 1)) < 0.5, grid, free)
+    if len(regions):  # a third of the centres on a region's side, corner or centre line
+        on_side = rng.random(num_anchors) < 1 / 3
+        picked = regions[rng.integers(0, len(regions), size=num_anchors)]
+        fx, fy = rng.choice([0.0, 0.5, 1.0], size=(2, num_anchors))
+        sides = np.stack([picked[:, 0] + fx * (picked[:, 2] - picked[:, 0]), picked[:, 1] + fy * (picked[:, 3] - picked[:, 1])], 1)
+        centers = np.where(on_side[:, None], sides, centers)
+    matched = np.where(rng.random(num_anchors) < 0.5, -1, rng.integers(IGNORE, 4, size=num_anchors)).astype(np.int64)
+    return dict(matched_gt=matched, centers=centers, ignore_boxes=regions)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@given(ignore_images())
+@settings(max_examples=40)
+def test_ignore_regions_match_reference(device, dtype, image):
+    if dtype == torch.float32:  # the same (float32-representable) inputs on both sides
+        image = {k: v.astype(np.float32).astype(np.float64) if v.dtype.kind == "f" else v for k, v in image.items()}
+    expected = RT.ignore_regions(image["matched_gt"], image["centers"], image["ignore_boxes"])
+    actual = DT.ignore_regions(
+        torch.as_tensor(image["matched_gt"], device=device), tensor(image["centers"], dtype, device),
+        tensor(image["ignore_boxes"], dtype, device),
+    )
+    assert actual.dtype == torch.int64 and actual.device.type == device
+    np.testing.assert_array_equal(actual.cpu().numpy(), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(st.integers(0, 60).flatmap(lambda n: st.lists(ignore_images(n), min_size=1, max_size=3)))
+@settings(max_examples=30)
+def test_batched_ignore_regions_equal_per_image_reference(device, images):
+    centers = images[0]["centers"]  # shared by the batch
+    i_max = max(len(image["ignore_boxes"]) for image in images) + 1
+    batch = len(images)
+    # padded slots hold a region covering every centre: they must not count
+    boxes = torch.tensor([-1000.0, -1000.0, 1000.0, 1000.0], dtype=torch.float64).repeat(batch, i_max, 1).to(device)
+    valid = torch.zeros(batch, i_max, dtype=torch.bool, device=device)
+    for b, image in enumerate(images):
+        count = len(image["ignore_boxes"])
+        boxes[b, :count], valid[b, :count] = tensor(image["ignore_boxes"], device=device), True
+    matched = torch.stack([torch.as_tensor(image["matched_gt"]) for image in images]).to(device)
+    actual = DT.ignore_regions_batched(matched, tensor(centers, device=device), boxes, valid)
+    assert actual.shape == matched.shape and actual.dtype == torch.int64
+    for b, image in enumerate(images):
+        expected = RT.ignore_regions(image["matched_gt"], centers, image["ignore_boxes"])
+        np.testing.assert_array_equal(actual[b].cpu().numpy(), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_ignore_regions_worked_examples_on_device(device, dtype):
+    # specs/targets.md §8: inside, on the left edge, outside, a positive inside; then every
+    # side and corner of the region, and a zero-width region through the first centre
+    centers = np.array([[5.0, 5.0], [0.0, 5.0], [15.0, 5.0], [5.0, 5.0], [10.0, 5.0], [5.0, 0.0], [5.0, 10.0], [0.0, 0.0], [10.0, 10.0]])
+    matched = np.array([-1, -1, -1, 0, -1, -1, -1, -1, -1])
+    for region, expected in (([0.0, 0.0, 10.0, 10.0], [IGNORE, -1, -1, 0, -1, -1, -1, -1, -1]),
+                             ([5.0, 0.0, 5.0, 10.0], matched)):
+        actual = DT.ignore_regions(torch.as_tensor(matched, device=device), tensor(centers, dtype, device), tensor([region], dtype, device))
+        np.testing.assert_array_equal(actual.cpu().numpy(), expected)
+        np.testing.assert_array_equal(RT.ignore_regions(matched, centers, np.array([region])), expected)
+
+
+def test_ignore_regions_batched_bad_input():
+    matched = torch.full((2, 3), -1)
+    centers = torch.zeros(3, 2)
+    boxes = torch.zeros(2, 1, 4)
+    valid = torch.ones(2, 1, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"ignore_boxes: row \(1, 0\)"):
+        DT.ignore_regions_batched(matched, centers, torch.tensor([[[0.0, 0, 1, 1]], [[2.0, 0, 1, 1]]]), valid)
+    with pytest.raises(ValueError, match=r"matched_gt: row \(1, 2\)"):
+        DT.ignore_regions_batched(torch.tensor([[-1, -1, -1], [-1, -1, -3]]), centers, boxes, valid)
+    with pytest.raises(ValueError, match="ignore_valid"):
+        DT.ignore_regions_batched(matched, centers, boxes, torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="ignore_boxes: expected 2 images"):
+        DT.ignore_regions_batched(matched, centers, torch.zeros(1, 1, 4), valid[:1])
+    with pytest.raises(ValueError, match="centers"):
+        DT.ignore_regions_batched(matched, torch.zeros(4, 2), boxes, valid)
+    with pytest.raises(ValueError, match="ignore_boxes: row 0"):
+        DT.ignore_regions(torch.tensor([-1]), torch.zeros(1, 2), torch.tensor([[1.0, 0.0, 0.0, 1.0]]))
+
+
+def test_ignore_regions_batched_without_regions_is_identity():
+    matched = torch.tensor([[0, -1, -2], [-1, -1, 1]])
+    actual = DT.ignore_regions_batched(matched, torch.ones(3, 2), torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool))
+    torch.testing.assert_close(actual, matched)

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reference.conventions import BACKGROUND, IGNORE
-from reference.targets import box_targets, centerness_targets, class_targets, iou_targets
+from reference.targets import box_targets, centerness_targets, class_targets, ignore_regions, iou_targets
 from tests.strategies import gt_boxes
 
 GT = np.array([[0.0, 0.0, 10.0, 10.0]])
@@ -168,3 +168,94 @@ def test_centerness_is_one_at_the_centre_and_mirror_symmetric(gts, fx, fy):
     )
     expected = np.sqrt(min(fx, 1 - fx) / max(fx, 1 - fx) * min(fy, 1 - fy) / max(fy, 1 - fy))
     np.testing.assert_allclose(centerness_targets(inside, matched, gts)[positive_area], expected, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# ignore regions (specs/targets.md §8)
+
+REGION = np.array([[0.0, 0.0, 10.0, 10.0]])
+REGION_CENTERS = np.array([[5.0, 5.0], [0.0, 5.0], [15.0, 5.0], [5.0, 5.0]])
+REGION_MATCHED = np.array([BACKGROUND, BACKGROUND, BACKGROUND, 0])
+
+
+def test_ignore_regions_worked_example():
+    # inside -> IGNORE; on the left edge -> not inside; outside; a positive inside is kept
+    result = ignore_regions(REGION_MATCHED, REGION_CENTERS, REGION)
+    np.testing.assert_array_equal(result, [IGNORE, BACKGROUND, BACKGROUND, 0])
+    assert result.dtype == np.int64
+
+
+def test_ignore_regions_every_border_point_is_outside():
+    corners_and_edges = np.array([[0.0, 0.0], [10.0, 10.0], [10.0, 5.0], [5.0, 0.0], [5.0, 10.0], [0.0, 10.0]])
+    matched = np.full(len(corners_and_edges), BACKGROUND)
+    np.testing.assert_array_equal(ignore_regions(matched, corners_and_edges, REGION), matched)
+    # just inside each edge is inside
+    near = np.array([[1e-9, 5.0], [10.0 - 1e-9, 5.0], [5.0, 1e-9], [5.0, 10.0 - 1e-9]])
+    np.testing.assert_array_equal(ignore_regions(np.full(4, BACKGROUND), near, REGION), [IGNORE] * 4)
+
+
+def test_ignore_regions_keep_positives_and_ignores():
+    matched = np.array([0, 1, IGNORE, BACKGROUND])
+    centers = np.full((4, 2), 5.0)
+    np.testing.assert_array_equal(ignore_regions(matched, centers, REGION), [0, 1, IGNORE, IGNORE])
+
+
+def test_ignore_regions_zero_area_region_contains_nothing():
+    for box in ([5.0, 0.0, 5.0, 10.0], [0.0, 5.0, 10.0, 5.0], [5.0, 5.0, 5.0, 5.0]):
+        result = ignore_regions(REGION_MATCHED, REGION_CENTERS, np.array([box]))
+        np.testing.assert_array_equal(result, REGION_MATCHED)
+
+
+def test_ignore_regions_any_of_several_regions():
+    regions = np.array([[20.0, 0.0, 30.0, 10.0], [10.0, 0.0, 20.0, 10.0]])
+    centers = np.array([[25.0, 5.0], [15.0, 5.0], [5.0, 5.0], [20.0, 5.0]])  # last: shared edge of both
+    np.testing.assert_array_equal(
+        ignore_regions(np.full(4, BACKGROUND), centers, regions), [IGNORE, IGNORE, BACKGROUND, BACKGROUND]
+    )
+
+
+def test_ignore_regions_empty_inputs():
+    np.testing.assert_array_equal(ignore_regions(REGION_MATCHED, REGION_CENTERS, np.zeros((0, 4))), REGION_MATCHED)
+    empty = ignore_regions(np.zeros(0, dtype=np.int64), np.zeros((0, 2)), REGION)
+    assert empty.shape == (0,) and empty.dtype == np.int64
+
+
+def test_ignore_regions_bad_input():
+    with pytest.raises(ValueError, match="ignore_boxes: row 1"):
+        ignore_regions(REGION_MATCHED, REGION_CENTERS, np.array([[0.0, 0.0, 1.0, 1.0], [5.0, 0.0, 4.0, 1.0]]))
+    with pytest.raises(ValueError, match="ignore_boxes"):
+        ignore_regions(REGION_MATCHED, REGION_CENTERS, np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="matched_gt: row 2"):
+        ignore_regions(np.array([0, -1, -3, 0]), REGION_CENTERS, REGION)
+    with pytest.raises(ValueError, match="matched_gt"):
+        ignore_regions(REGION_MATCHED.astype(float), REGION_CENTERS, REGION)
+    with pytest.raises(ValueError, match="centers"):
+        ignore_regions(REGION_MATCHED, REGION_CENTERS[:3], REGION)
+    with pytest.raises(ValueError, match="centers: row 1"):
+        ignore_regions(REGION_MATCHED, np.array([[0.0, 0.0], [np.nan, 1.0], [0.0, 0.0], [0.0, 0.0]]), REGION)
+
+
+@st.composite
+def ignore_scenes(draw):
+    """Centres on a 4 px grid (they hit the 8 px grid boxes' edges), regions, an assignment."""
+    regions = draw(gt_boxes((64, 96), min_boxes=0, max_boxes=5))
+    num_anchors = draw(st.integers(0, 50))
+    cells = draw(st.lists(st.tuples(st.integers(-2, 26), st.integers(-2, 18)), min_size=num_anchors, max_size=num_anchors))
+    centers = 4.0 * np.array(cells, dtype=np.float64).reshape(-1, 2)
+    matched = np.array(draw(st.lists(st.integers(IGNORE, 3), min_size=num_anchors, max_size=num_anchors)), dtype=np.int64)
+    return matched, centers, regions
+
+
+@given(ignore_scenes())
+@settings(max_examples=60)
+def test_ignore_regions_invariants(scene):
+    matched, centers, regions = scene
+    result = ignore_regions(matched, centers, regions)
+    assert result.shape == matched.shape and result.dtype == np.int64
+    for a, (x, y) in enumerate(centers):
+        inside = any(x1 < x < x2 and y1 < y < y2 for x1, y1, x2, y2 in regions)
+        expected = IGNORE if (matched[a] == BACKGROUND and inside) else matched[a]
+        assert result[a] == expected, (a, x, y)
+    # idempotent, and independent of the order of the regions
+    np.testing.assert_array_equal(ignore_regions(result, centers, regions), result)
+    np.testing.assert_array_equal(ignore_regions(matched, centers, regions[::-1]), result)
