@@ -24,7 +24,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector import anchors as d_anchors  # noqa: E402
 from detector import losses as d_losses  # noqa: E402
 from detector.assign import anchor_free as d_af  # noqa: E402
 from detector.assign import atss as d_atss  # noqa: E402
