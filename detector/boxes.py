@@ -1,8 +1,13 @@
-"""Box metrics (specs/boxes.md). Twin of ``reference/boxes.py``.
+"""Box metrics (specs/boxes.md).
 
 All boxes are (N, 4) xyxy in continuous pixel coordinates (specs/conventions.md §2).
-Pairwise functions return GT-first matrices. Every function validates its inputs, keeps
-the floating dtype and device of its inputs, and never returns NaN.
+Pairwise functions return GT-first matrices: row ``g`` is the first argument's box ``g``.
+Every function validates its inputs, keeps the floating dtype and device of its inputs,
+and never returns NaN.
+
+Twin of ``reference/boxes.py``. The ``*_unchecked`` functions (no reference twin) skip the
+input checks for hot paths whose boxes were validated once, and broadcast over leading
+dimensions.
 """
 import torch
 import torchvision
@@ -26,6 +31,9 @@ def box_area(boxes):
 def box_centers(boxes):
     """Centre of each box (specs/boxes.md §1).
 
+    Args:
+        boxes: (N, 4) xyxy.
+
     Returns:
         (N, 2) ``((x1 + x2) / 2, (y1 + y2) / 2)``.
     """
@@ -44,7 +52,7 @@ def box_iou(boxes1, boxes2):
         boxes2: (A, 4) xyxy, e.g. anchors.
 
     Returns:
-        (G, A) in [0, 1]; 0 where the union is 0.
+        (G, A) in [0, 1]; 0 where the union is 0 (two zero-area boxes).
     """
     boxes1 = as_boxes(boxes1, "boxes1")
     boxes2 = as_boxes(boxes2, "boxes2")
@@ -55,6 +63,8 @@ def box_iou(boxes1, boxes2):
 def box_giou(boxes1, boxes2):
     """Pairwise generalized IoU (specs/boxes.md §3).
 
+    GIoU = IoU - (|E| - |U|) / |E|, with E the smallest box enclosing both.
+
     Not ``torchvision.ops.generalized_box_iou``: for two zero-area boxes whose enclosure
     has positive area it returns NaN where the spec says -1.
 
@@ -63,7 +73,8 @@ def box_giou(boxes1, boxes2):
         boxes2: (A, 4) xyxy.
 
     Returns:
-        (G, A) in [-1, 1]; the enclosure term is 0 where the enclosure has zero area.
+        (G, A) in [-1, 1]; where |E| = 0 (both boxes the same point or
+        collinear degenerate boxes) the enclosure term is 0, so GIoU = IoU = 0.
     """
     boxes1 = as_boxes(boxes1, "boxes1")
     boxes2 = as_boxes(boxes2, "boxes2")
@@ -72,7 +83,10 @@ def box_giou(boxes1, boxes2):
 
 
 def box_iof(regions, boxes):
-    """Pairwise intersection over the area of the second box (specs/boxes.md §4).
+    """Pairwise intersection over the area of the second box ("IoF", specs/boxes.md §4).
+
+    The fraction of each box that lies inside each region (e.g. an anchor inside an
+    ignore region).
 
     Args:
         regions: (G, 4) xyxy.
@@ -85,7 +99,7 @@ def box_iof(regions, boxes):
     boxes = as_boxes(boxes, "boxes")
     regions, boxes = _common_dtype(regions, boxes)
     inter, _ = _inter_union(regions[:, None, :], boxes[None, :, :])  # (G, A)
-    return _safe_divide(inter, _area(boxes)[None, :].expand_as(inter))
+    return safe_divide(inter, _area(boxes)[None, :].expand_as(inter))
 
 
 def aligned_box_iou(boxes1, boxes2):
@@ -99,8 +113,19 @@ def aligned_box_iou(boxes1, boxes2):
         (N,) IoU(boxes1[i], boxes2[i]); 0 where the union is 0.
     """
     boxes1, boxes2 = _aligned_pair(boxes1, boxes2)
+    return aligned_box_iou_unchecked(boxes1, boxes2)
+
+
+def aligned_box_iou_unchecked(boxes1, boxes2):
+    """``aligned_box_iou`` without input checks, broadcasting (specs/boxes.md §2, §5).
+
+    For hot paths (the assigners) whose boxes were validated once: (..., 4) and (..., 4)
+    broadcastable -> (...) IoUs, in the dtype of the inputs (which must be one floating
+    dtype). The same arithmetic, in the same order, as ``aligned_box_iou``,
+    ``reference.boxes.box_iou`` and ``torchvision.ops.box_iou``; 0 where the union is 0.
+    """
     inter, union = _inter_union(boxes1, boxes2)
-    return _safe_divide(inter, union)
+    return safe_divide(inter, union)
 
 
 def aligned_box_giou(boxes1, boxes2):
@@ -118,7 +143,7 @@ def center_distances(boxes, points):
 
     Args:
         boxes: (G, 4) xyxy.
-        points: (A, 2) (x, y).
+        points: (A, 2) (x, y), e.g. anchor centres.
 
     Returns:
         (G, A) >= 0.
@@ -140,7 +165,8 @@ def ltrb_distances(points, boxes):
         boxes: (G, 4) xyxy.
 
     Returns:
-        (G, A, 4) ``(l, t, r, b) = (x - x1, y - y1, x2 - x, y2 - y)``.
+        (G, A, 4) ``(l, t, r, b) = (x - x1, y - y1, x2 - x, y2 - y)``; negative
+        where the point is outside that side.
     """
     points = as_points(points, "points")
     boxes = as_boxes(boxes, "boxes")
@@ -153,13 +179,37 @@ def ltrb_distances(points, boxes):
 def points_inside_boxes(points, boxes, eps):
     """Whether each point lies inside each box by more than ``eps`` (specs/boxes.md §7).
 
+    Args:
+        points: (A, 2) (x, y).
+        boxes: (G, 4) xyxy.
+        eps: margin in pixels; the test is strict: ``min(l, t, r, b) > eps``.
+
     Returns:
-        (G, A) bool, ``min(l, t, r, b) > eps``.
+        (G, A) bool. A zero-area box contains no point for any ``eps >= 0``.
     """
     distances = ltrb_distances(points, boxes)
     if distances.shape[-2] == 0:
         return torch.zeros(distances.shape[:2], dtype=torch.bool, device=distances.device)
     return distances.amin(dim=-1) > eps
+
+
+def safe_divide(numerator, denominator, where=None):
+    """``numerator / denominator`` where ``where`` holds, 0 elsewhere (specs/boxes.md §9).
+
+    The one zero-safe division of the tree (specs/conventions.md §7): it never divides where
+    ``where`` is False, so it never warns and never returns NaN there.
+
+    Args:
+        numerator, denominator: broadcastable values.
+        where: bool mask broadcastable to their shape; ``None`` means ``denominator > 0``
+            (a zero or negative denominator gives 0).
+
+    Returns:
+        the quotients, in the broadcast shape of ``numerator`` and ``denominator``.
+    """
+    if where is None:
+        where = denominator > 0
+    return torch.where(where, numerator / torch.where(where, denominator, 1.0), 0.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -185,17 +235,11 @@ def _inter_union(boxes1, boxes2):
 
 def _giou(boxes1, boxes2):
     inter, union = _inter_union(boxes1, boxes2)
-    iou = _safe_divide(inter, union)
+    iou = safe_divide(inter, union)
     enclose_w = torch.maximum(boxes1[..., 2], boxes2[..., 2]) - torch.minimum(boxes1[..., 0], boxes2[..., 0])
     enclose_h = torch.maximum(boxes1[..., 3], boxes2[..., 3]) - torch.minimum(boxes1[..., 1], boxes2[..., 1])
     enclose = enclose_w * enclose_h
-    return iou - _safe_divide(enclose - union, enclose)
-
-
-def _safe_divide(numerator, denominator):
-    """numerator / denominator, and 0 where the denominator is 0 (specs/conventions.md §7)."""
-    positive = denominator > 0
-    return torch.where(positive, numerator / torch.where(positive, denominator, torch.ones_like(denominator)), 0.0)
+    return iou - safe_divide(enclose - union, enclose)
 
 
 def _common_dtype(first, second):

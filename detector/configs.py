@@ -1,9 +1,15 @@
 """Named training configurations (specs/training.md §1).
 
 A configuration is a tree of frozen dataclasses holding plain data: no registry, no
-indirection. ``CONFIGS`` maps each name to a ``Config``; every row of the papers' ablation
-tables has one (docs/configs.md maps names to rows). ``apply_overrides`` changes fields
-from the command line with ``key.sub=value`` strings, type-checked against the dataclass.
+indirection. ``CONFIGS`` maps each name to a ``Config``; docs/configs.md maps names to the
+rows of the papers' tables. ``Config.assign`` holds the options dataclass of one assigner
+of the table in ``detector/modeling/assigners.py`` (``AtssOptions``, ``PseudoIouOptions``,
+...). ``apply_overrides`` changes fields from the command line with ``key.sub=value``
+strings, type-checked against the dataclass; ``assign.name=X`` switches to the defaults of
+assigner X, whose own keys can then be set (``assign.name=pseudo_iou assign.threshold=0.5``).
+
+Every choice list checked here is defined once, next to the code that implements the
+choices (losses, post-processing, backbones, the assigner table, the data loaders).
 
 Sizes are in pixels of the resized image, learning-rate steps in epochs.
 """
@@ -13,19 +19,32 @@ import types
 import typing
 from dataclasses import dataclass, field, replace
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d", "resnext101_64x4d", "tiny")
-NORMS = ("frozen_bn", "bn", "gn")
-FAMILIES = ("anchor_based", "anchor_free")
-ANCHOR_BASED_ASSIGNERS = ("atss", "dynamic_atss", "max_iou")
-ANCHOR_FREE_ASSIGNERS = ("all_inside", "pseudo_iou", "scaled_box", "centerness", "fcos")
-CLS_LOSSES = ("focal", "qfl", "vfl")
-BOX_LOSSES = ("giou", "iou")
-QUALITIES = ("centerness", "iou", "none")
-SCORE_MODES = ("sqrt", "product", "cls")
-WEIGHT_SCHEDULES = ("constant", "up", "down")
+from detector.data.loaders import DATASETS
+from detector.losses import BOX_LOSSES, CLS_LOSSES, QUALITY_BRANCHES
+from detector.modeling.assigners import (
+    ASSIGNERS,
+    FAMILIES,
+    AllInsideOptions,
+    AssignOptions,
+    AtssOptions,
+    CenternessOptions,
+    DynamicAtssOptions,
+    FcosOptions,
+    MaxIouOptions,
+    PseudoIouOptions,
+    ScaledBoxOptions,
+    assigner_names,
+    check_options,
+)
+from detector.modeling.backbone import BACKBONES, NORMS
+from detector.postprocess import SCORE_MODES
+
+#: ``assign.name`` choices per ``head.family``, from the assigner table.
+ANCHOR_BASED_ASSIGNERS = assigner_names("anchor_based")
+ANCHOR_FREE_ASSIGNERS = assigner_names("anchor_free")
 WARMUPS = ("linear", "constant", "none")
-DATASETS = ("digits", "coco")
 CROWDS = ("drop", "ignore")
+P6P7_INPUTS = ("p5", "c5")
 
 
 @dataclass(frozen=True)
@@ -72,32 +91,6 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
-class AssignConfig:
-    """Assigner and its options (only the chosen assigner's options are read).
-
-    ``pred_weight``/``anchor_weight``: Dynamic ATSS w_p, w_a (Eq. 1); with a schedule
-    "up"/"down" the weight is multiplied by ``dynamic_weight(schedule, it, max_it)``
-    (Table 3's D_up, D_down). ``regress_ranges``: None = FCOS's ranges for the chosen
-    levels, with the last level's upper bound raised to infinity.
-    """
-
-    name: str = "atss"
-    topk: int = 9
-    pred_weight: float = 1.0
-    anchor_weight: float = 1.0
-    pred_weight_schedule: str = "constant"
-    anchor_weight_schedule: str = "constant"
-    pos_iou_thr: float = 0.5
-    neg_iou_thr: float = 0.4
-    piou_threshold: float = 0.4
-    box_scale: float = 0.6
-    centerness_threshold: float = 0.35
-    center_sampling: bool = True
-    center_radius: float = 1.5
-    regress_ranges: typing.Optional[tuple] = None
-
-
-@dataclass(frozen=True)
 class LossConfig:
     """Loss choices (specs/losses.md §7); ``quality`` comes from ``HeadConfig``."""
 
@@ -119,7 +112,12 @@ class InferenceConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Dataset and transforms. ``digits_*`` are the built-in generator's arguments."""
+    """Dataset and transforms. ``digits_*`` are the built-in generator's arguments.
+
+    ``seed``: the seed the built-in dataset is generated from; None (the default) uses the
+    run's ``seed``, so that a config names one dataset. A study that varies the training
+    seed on fixed data sets it (specs/training.md §1).
+    """
 
     dataset: str = "digits"
     root: typing.Optional[str] = None
@@ -134,12 +132,15 @@ class DataConfig:
     num_workers: int = 2
     drop_empty_train: bool = False
     crowd: str = "drop"
+    seed: typing.Optional[int] = None
     digits_num_train: int = 1000
     digits_num_val: int = 200
     digits_image_size: int = 256
+    digits_min_objects: int = 1
     digits_max_objects: int = 10
     digits_object_size: tuple = (12.0, 128.0)
     digits_aspect_ratio: tuple = (0.2, 5.0)
+    digits_max_overlap: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,12 @@ class SolverConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """A complete training configuration."""
+    """A complete training configuration.
+
+    ``diagnostics``: log what the assignment did at every step (GTs without a positive, the
+    mean prior and predicted IoU of the positives, Dynamic ATSS's overlap with ATSS;
+    specs/model.md §4); it never changes training.
+    """
 
     name: str = "custom"
     description: str = ""
@@ -174,7 +180,7 @@ class Config:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn: FPNConfig = field(default_factory=FPNConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
-    assign: AssignConfig = field(default_factory=AssignConfig)
+    assign: AssignOptions = field(default_factory=AtssOptions)
     loss: LossConfig = field(default_factory=LossConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -184,6 +190,7 @@ class Config:
     threads: int = 0
     output_dir: str = "runs"
     log_every: int = 1
+    diagnostics: bool = True
     eval_batch_size: int = 8
 
     @property
@@ -205,18 +212,14 @@ def validate(config):
     choice(config.backbone.name, BACKBONES, "backbone.name")
     choice(config.backbone.norm, NORMS, "backbone.norm")
     choice(config.head.family, FAMILIES, "head.family")
-    assigners = ANCHOR_BASED_ASSIGNERS if config.head.family == "anchor_based" else ANCHOR_FREE_ASSIGNERS
-    choice(config.assign.name, assigners, f"assign.name (for head.family={config.head.family})")
     choice(config.loss.cls, CLS_LOSSES, "loss.cls")
     choice(config.loss.box, BOX_LOSSES, "loss.box")
-    choice(config.head.quality, QUALITIES, "head.quality")
+    choice(config.head.quality, QUALITY_BRANCHES, "head.quality")
     choice(config.inference.score_mode, SCORE_MODES, "inference.score_mode")
-    choice(config.assign.pred_weight_schedule, WEIGHT_SCHEDULES, "assign.pred_weight_schedule")
-    choice(config.assign.anchor_weight_schedule, WEIGHT_SCHEDULES, "assign.anchor_weight_schedule")
     choice(config.solver.warmup, WARMUPS, "solver.warmup")
     choice(config.data.dataset, DATASETS, "data.dataset")
     choice(config.data.crowd, CROWDS, "data.crowd")
-    choice(config.fpn.p6p7_input, ("p5", "c5"), "fpn.p6p7_input")
+    choice(config.fpn.p6p7_input, P6P7_INPUTS, "fpn.p6p7_input")
     levels = config.fpn.levels
     if not levels or list(levels) != list(range(levels[0], levels[0] + len(levels))) or levels[0] < 3 or levels[-1] > 7:
         raise ValueError(f"fpn.levels: expected consecutive levels within 3..7, got {levels}")
@@ -233,8 +236,7 @@ def validate(config):
         raise ValueError(f"solver.steps: expected ascending epochs, got {config.solver.steps}")
     if config.solver.max_bad_steps < 1:
         raise ValueError("solver.max_bad_steps: expected a positive int")
-    if config.assign.regress_ranges is not None and len(config.assign.regress_ranges) != 2 * len(levels):
-        raise ValueError("assign.regress_ranges: expected 2 numbers (lo, hi) per level, flattened")
+    check_options(config.assign, config.head.family, levels)
     if not 0.0 <= config.data.flip <= 1.0:
         raise ValueError(f"data.flip: expected a probability, got {config.data.flip}")
     return config
@@ -252,19 +254,31 @@ def apply_overrides(config, overrides):
     for empty). An unknown key, a malformed item or a value of the wrong type raises
     ValueError naming the key and listing the valid ones.
     """
+    pairs = []
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r}: expected key=value, e.g. solver.lr=0.02")
         key, text = item.split("=", 1)
-        config = _set(config, key.strip().split("."), text.strip(), key.strip())
+        pairs.append((key.strip(), text.strip()))
+    # ``assign.name`` first: it replaces ``assign`` by the defaults of the chosen assigner,
+    # whose own keys (``assign.threshold=...``) then apply in any order on the command line
+    pairs.sort(key=lambda pair: pair[0] != "assign.name")
+    for key, text in pairs:
+        config = _set(config, key.split("."), text, key)
     return validate(config)
 
 
 def _set(node, path, text, full_key):
     names = {f.name: f for f in dataclasses.fields(node)}
     head = path[0]
-    if head not in names:
-        raise ValueError(f"unknown config key {full_key!r}; valid keys here: {', '.join(sorted(names))}")
+    if isinstance(node, Config) and path == ["assign", "name"]:
+        if text not in ASSIGNERS:
+            raise ValueError(f"assign.name: expected one of {', '.join(ASSIGNERS)}; got {text!r}")
+        return replace(node, assign=ASSIGNERS[text].options())
+    if head not in names or (head == "name" and full_key.startswith("assign.")):
+        valid = sorted(n for n in names if not (n == "name" and full_key.startswith("assign.")))
+        where = f" (assign.name={node.name})" if full_key.startswith("assign.") else ""
+        raise ValueError(f"unknown config key {full_key!r}{where}; valid keys here: {', '.join(valid)}")
     hints = typing.get_type_hints(type(node))
     current = getattr(node, head)
     if dataclasses.is_dataclass(current):
@@ -350,6 +364,11 @@ def from_dict(data):
             if name not in hints:
                 raise ValueError(f"{cls.__name__}: unknown key {name!r}")
             sub = getattr(cls, "__dataclass_fields__")[name]
+            if not sub.init:  # ``name`` of an assigner's options: fixed by the class
+                continue
+            if cls is Config and name == "assign":
+                kwargs[name] = build(_assign_options_class(value), _upgrade_assign(value))
+                continue
             default = sub.default_factory() if sub.default_factory is not dataclasses.MISSING else sub.default
             if dataclasses.is_dataclass(default):
                 kwargs[name] = build(type(default), value)
@@ -358,6 +377,35 @@ def from_dict(data):
         return cls(**kwargs)
 
     return build(Config, data)
+
+
+def _assign_options_class(values):
+    name = values.get("name", "atss")
+    if name not in ASSIGNERS:
+        raise ValueError(f"assign.name: expected one of {', '.join(ASSIGNERS)}; got {name!r}")
+    return ASSIGNERS[name].options
+
+
+#: The flat ``assign`` section of configs saved before each assigner had its own options
+#: (one bag of every assigner's fields): old key -> new key, per assigner.
+_FLAT_ASSIGN_KEYS = {
+    "atss": {"topk": "topk"},
+    "dynamic_atss": {k: k for k in ("topk", "pred_weight", "anchor_weight", "pred_weight_schedule", "anchor_weight_schedule")},
+    "max_iou": {"pos_iou_thr": "pos_iou_thr", "neg_iou_thr": "neg_iou_thr"},
+    "all_inside": {"regress_ranges": "regress_ranges"},
+    "pseudo_iou": {"piou_threshold": "threshold", "regress_ranges": "regress_ranges"},
+    "scaled_box": {"box_scale": "scale", "regress_ranges": "regress_ranges"},
+    "centerness": {"centerness_threshold": "threshold", "regress_ranges": "regress_ranges"},
+    "fcos": {"center_sampling": "center_sampling", "center_radius": "center_radius", "regress_ranges": "regress_ranges"},
+}
+
+
+def _upgrade_assign(values):
+    """``assign`` values of either layout -> the fields of the chosen assigner's options."""
+    if "piou_threshold" not in values:  # every flat section has it; options classes do not
+        return values
+    name = values.get("name", "atss")
+    return {"name": name} | {new: values[old] for old, new in _FLAT_ASSIGN_KEYS[name].items() if old in values}
 
 
 def _restore(value):
@@ -387,15 +435,15 @@ def _atss(name, description, reproduces, *, assign=None, loss=None, quality="cen
     return _coco_1x(
         name, description, reproduces,
         head=HeadConfig(family="anchor_based", quality=quality),
-        assign=assign or AssignConfig(name="atss"),
+        assign=assign or AtssOptions(),
         loss=loss or LossConfig(cls="focal", box="giou", box_weight=2.0),
         inference=InferenceConfig(score_mode=score_mode),
     )
 
 
 def _dyn(pred_weight=1.0, anchor_weight=1.0, pred_schedule="constant", anchor_schedule="constant"):
-    return AssignConfig(name="dynamic_atss", pred_weight=pred_weight, anchor_weight=anchor_weight,
-                        pred_weight_schedule=pred_schedule, anchor_weight_schedule=anchor_schedule)
+    return DynamicAtssOptions(pred_weight=pred_weight, anchor_weight=anchor_weight,
+                              pred_weight_schedule=pred_schedule, anchor_weight_schedule=anchor_schedule)
 
 
 def _af(name, description, reproduces, *, assign, box="iou", quality="none"):
@@ -435,7 +483,7 @@ def _build_configs():
         _atss("atss_iou_branch_r50_1x", "combined IoUs, hard targets, IoU branch instead of centerness",
               f"{dyn} §4.1.2 (IoU branch replaces centerness), hard-target variant", assign=_dyn(), quality="iou"),
         _atss("max_iou_r50_1x", "RetinaNet-style max-IoU assignment (0.5/0.4) with the ATSS head", "baseline (no paper row)",
-              assign=AssignConfig(name="max_iou")),
+              assign=MaxIouOptions()),
     ]
     for wp, wa, label in ((0.5, 1.0, "row 2 (0.5 : 1)"), (1.5, 1.0, "row 3 (1.5 : 1)"),
                           (1.0, 0.5, "row 4 (1 : 0.5)"), (1.0, 1.5, "row 5 (1 : 1.5)")):
@@ -453,30 +501,30 @@ def _build_configs():
     # Pseudo-IoU paper: Table 3 (COCO R-50), Tables 1-2 rule/threshold sweeps on the same head.
     configs += [
         _af("af_baseline_r50_1x", "anchor-free baseline: every point inside a GT is positive; focal + IoU loss",
-            f"{piou} Table 3 'AF-Baseline'; Table 1a threshold 0.0", assign=AssignConfig(name="all_inside")),
+            f"{piou} Table 3 'AF-Baseline'; Table 1a threshold 0.0", assign=AllInsideOptions()),
         _af("piou_r50_1x", "Pseudo-IoU assignment (T = 0.4); focal + IoU loss", f"{piou} Table 3 row 'Pseudo-IoU' (IoU loss)",
-            assign=AssignConfig(name="pseudo_iou", piou_threshold=0.4)),
+            assign=PseudoIouOptions(threshold=0.4)),
         _af("piou_giou_r50_1x", "Pseudo-IoU + GIoU loss", f"{piou} Table 3 row 'Pseudo-IoU + GIoU'",
-            assign=AssignConfig(name="pseudo_iou", piou_threshold=0.4), box="giou"),
+            assign=PseudoIouOptions(threshold=0.4), box="giou"),
         _af("piou_giou_ctr_r50_1x", "Pseudo-IoU + GIoU + centerness branch (the official configs)",
             f"{piou} Table 3 row 'Pseudo-IoU + GIoU + centerness'",
-            assign=AssignConfig(name="pseudo_iou", piou_threshold=0.4), box="giou", quality="centerness"),
+            assign=PseudoIouOptions(threshold=0.4), box="giou", quality="centerness"),
         _af("fcos_r50_1x", "FCOS assignment (centre sampling 1.5) with the same anchor-free head", "baseline (no paper row)",
-            assign=AssignConfig(name="fcos"), box="giou", quality="centerness"),
+            assign=FcosOptions(), box="giou", quality="centerness"),
     ]
     for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
         tag = f"{round(t * 10):d}"
         configs.append(_af(f"piou_t0{tag}_r50_1x", f"Pseudo-IoU threshold T = {t}",
                            f"{piou} Table 1a / Table 2 'P-IoU' column, T = {t}",
-                           assign=AssignConfig(name="pseudo_iou", piou_threshold=t)))
+                           assign=PseudoIouOptions(threshold=t)))
     for s in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
         tag = f"{round(s * 10):d}"
         configs.append(_af(f"sbox_s0{tag}_r50_1x", f"scaled-box assignment, s = {s}", f"{piou} Table 2 'S-box' column, s = {s}",
-                           assign=AssignConfig(name="scaled_box", box_scale=s)))
+                           assign=ScaledBoxOptions(scale=s)))
     for c in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45):
         tag = f"{round(c * 100):03d}"
         configs.append(_af(f"ctr_c{tag}_r50_1x", f"centerness assignment, c = {c}", f"{piou} Table 2 'Centerness' column, c = {c}",
-                           assign=AssignConfig(name="centerness", centerness_threshold=c)))
+                           assign=CenternessOptions(threshold=c)))
     # Longer recipes: R-101 2x (Dynamic ATSS Table 5, Pseudo-IoU Table 4).
     r101_2x = dict(backbone=BackboneConfig(name="resnet101"),
                    solver=SolverConfig(batch_size=16, lr=0.01, epochs=24, steps=(16, 22), warmup_iters=500),
@@ -485,7 +533,7 @@ def _build_configs():
         replace(_atss("dyn_atss_qfl_iou_r101_2x", "Dynamic ATSS final model, R-101, 2x, multi-scale 640-800",
                       f"{dyn} Table 5 (R-101 2x, MStrain)", assign=_dyn(), loss=LossConfig(cls="qfl"), quality="iou"), **r101_2x),
         replace(_af("piou_giou_ctr_r101_2x", "Pseudo-IoU + GIoU + centerness, R-101, 2x, multi-scale 640-800",
-                    f"{piou} Table 4 'Pseudo-IoU R-101-FPN'", assign=AssignConfig(name="pseudo_iou"), box="giou",
+                    f"{piou} Table 4 'Pseudo-IoU R-101-FPN'", assign=PseudoIouOptions(), box="giou",
                     quality="centerness"), **r101_2x),
         replace(_atss("atss_r101_2x", "ATSS R-101, 2x, multi-scale 640-800", f"{dyn} Table 5 'ATSS R-101 2x'"), **r101_2x),
     ]
@@ -515,14 +563,34 @@ def _demo_configs():
         threads=1,  # measured fastest on a shared 2-core CPU (2 threads collapse under load)
     )
     demo_atss = replace(demo, name="demo_atss", description="tiny ATSS detector (anchor IoUs, focal, centerness) on digits, CPU",
-                        assign=AssignConfig(name="atss"), loss=LossConfig(cls="focal"),
+                        assign=AtssOptions(), loss=LossConfig(cls="focal"),
                         head=replace(demo.head, quality="centerness"))
     demo_piou = replace(demo, name="demo_piou", description="tiny Pseudo-IoU anchor-free detector on digits, CPU",
                         head=replace(demo.head, family="anchor_free", quality="centerness"),
-                        assign=AssignConfig(name="pseudo_iou", piou_threshold=0.4),
+                        assign=PseudoIouOptions(threshold=0.4),
                         loss=LossConfig(cls="focal", box="giou", box_weight=1.0),
                         inference=InferenceConfig(score_mode="product"))
-    return [demo, demo_atss, demo_piou]
+    # The study scale (specs/study.md §2): the demo's model on the crowded digits preset,
+    # fixed data (data.seed = 0), about 3 minutes per run on one CPU core.
+    crowded = replace(CROWDED_DIGITS, digits_num_train=1000)
+    study_solver = replace(demo.solver, epochs=12, steps=(9, 11))
+    study_atss = replace(demo_atss, name="study_atss", data=crowded, solver=study_solver,
+                         description="study scale: tiny ATSS detector (focal, centerness) on crowded digits, CPU",
+                         reproduces="study scale of the Dynamic ATSS paper's ablations (no paper row)")
+    study_piou = replace(demo_piou, name="study_piou", data=crowded, solver=study_solver,
+                         description="study scale: tiny Pseudo-IoU anchor-free detector (T = 0.4) on crowded digits, CPU",
+                         reproduces="study scale of the Pseudo-IoU paper's ablations (no paper row)")
+    return [demo, demo_atss, demo_piou, study_atss, study_piou]
+
+
+#: The built-in dataset with many small, slender and overlapping objects (specs/study.md §2):
+#: 128 px images with 4-20 digits of 8-32 px (sqrt of the area), aspect 1:5 to 5:1, IoU
+#: between objects up to 0.5; generated from data seed 0.
+CROWDED_DIGITS = DataConfig(
+    dataset="digits", seed=0, min_size=(128,), max_size=128, test_min_size=128, flip=0.0, num_workers=0,
+    digits_num_train=1000, digits_num_val=200, digits_image_size=128, digits_min_objects=4, digits_max_objects=20,
+    digits_object_size=(8.0, 32.0), digits_aspect_ratio=(0.2, 5.0), digits_max_overlap=0.5,
+)
 
 
 CONFIGS = _build_configs()

@@ -12,14 +12,13 @@ and AP, AP50, AP75, APs, APm, APl are written as JSON (default: ``metrics-<check
 name>.json`` next to the checkpoint).
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
-import torch
-
-from detector import configs, engine
+from detector import configs, engine, runtime
 from detector.checkpoint import load_checkpoint
+from detector.data.coco import CocoDetection
+from detector.data.loaders import dataset_paths, test_transform, val_loader
 from detector.evaluation import write_metrics_json
 from detector.modeling import Detector
 
@@ -44,19 +43,12 @@ def evaluate_checkpoint(checkpoint, *, images=None, annotations=None, overrides=
     config = configs.apply_overrides(config, list(overrides) + ([f"device={device}"] if device != "auto" else []))
     if (images is None) != (annotations is None):
         raise ValueError("--images and --annotations go together")
-    torch.set_num_threads(config.threads if config.threads > 0 else max(1, os.cpu_count() or 1))
-    dev = torch.device(config.device) if config.device != "auto" else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if images is not None:
-        from detector.data.coco import CocoDetection
-
-        val = CocoDetection(images, annotations, transforms=engine.test_transform(config))
-        val_annotations, category_ids = str(annotations), list(val.category_ids)
-    else:
-        paths = engine.dataset_paths(config)
-        from detector.data.coco import CocoDetection
-
-        val = CocoDetection(paths[2], paths[3], transforms=engine.test_transform(config))
-        val_annotations, category_ids = str(paths[3]), list(val.category_ids)
+    runtime.set_threads(config.threads)
+    dev = runtime.select_device(config.device)
+    if images is None:
+        _, _, images, annotations = dataset_paths(config)
+    val = CocoDetection(images, annotations, transforms=test_transform(config))
+    val_annotations, category_ids = str(annotations), list(val.category_ids)
     num_classes = state.get("num_classes", len(category_ids))
     if num_classes != len(category_ids):
         raise ValueError(f"{val_annotations}: {len(category_ids)} categories, but the model has {num_classes} classes")
@@ -68,7 +60,7 @@ def evaluate_checkpoint(checkpoint, *, images=None, annotations=None, overrides=
         from tqdm import tqdm
 
         bar = tqdm(total=len(val), desc="evaluate", unit="img", dynamic_ncols=True)
-    metrics = engine.evaluate(model, engine.val_loader(config, val), config, dev, val_annotations, category_ids,
+    metrics = engine.evaluate(model, val_loader(config, val), dev, val_annotations, category_ids,
                               verbose=verbose, progress=bar)
     if bar is not None:
         bar.close()

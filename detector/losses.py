@@ -1,22 +1,20 @@
-"""Detection losses (specs/losses.md). Twin of ``reference/losses.py``.
+"""Detection losses (specs/losses.md).
 
-Elementwise losses from logits in BCE-with-logits form (finite values and gradients in
-float32 for any finite logit), explicit normalisation, and the batched loss step with no
-Python loop over images, GTs or anchors. Sums and terms are 0-d tensors; nothing here
-synchronises with the device except the input checks.
+Elementwise losses ("none" reduction) from logits, written in numerically stable
+log-sigmoid / BCE-with-logits form, plus the explicit normalisation and the loss step
+that turns head outputs and an assignment into the named loss terms.
+
+PyTorch twin of ``reference/losses.py``: finite values and gradients in float32 for any
+finite logit; sums and terms are 0-d tensors. The batched loss step of the training
+pipeline is ``detector/loss_step.py``.
 """
 import torch
 import torch.nn.functional as F
 import torchvision
 
 from detector.boxes import aligned_box_giou, aligned_box_iou
-from detector.targets import (
-    box_targets_batched,
-    centerness_targets_batched,
-    class_targets_batched,
-    iou_targets_batched,
-)
-from detector.validation import as_boxes, as_values
+from detector.targets import box_targets, centerness_targets, class_targets, iou_targets
+from detector.validation import as_boxes, as_finite, as_points, as_values, check_choice, check_exponent, check_unit
 
 #: Focal loss defaults (RetinaNet / ATSS).
 FOCAL_ALPHA = 0.25
@@ -43,72 +41,119 @@ QUALITY_BRANCHES = ("centerness", "iou", "none")
 def bce_with_logits(logits, targets):
     """Binary cross-entropy from logits, elementwise (specs/losses.md §1).
 
+    ``max(x, 0) - x * y + log(1 + exp(-|x|))`` = ``-(y log s(x) + (1 - y) log(1 - s(x)))``.
+
     Args:
         logits: any shape, finite.
         targets: same shape, values in [0, 1].
 
     Returns:
-        tensor of that shape (``F.binary_cross_entropy_with_logits``, reduction "none").
+        tensor of that shape, >= 0 when targets are in {0, 1}; finite for any
+        finite logit (``F.binary_cross_entropy_with_logits``, reduction "none").
     """
     logits, targets = _logits_and_targets(logits, targets)
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
 
 
 def sigmoid_focal_loss(logits, targets, alpha=FOCAL_ALPHA, gamma=FOCAL_GAMMA):
-    """Sigmoid focal loss, elementwise (specs/losses.md §2): ``torchvision.ops.sigmoid_focal_loss``.
+    """Sigmoid focal loss, elementwise (specs/losses.md §2; paper eq. (5)).
+
+    ``alpha_t * (1 - p_t) ** gamma * BCE(x, y)`` with ``p = s(x)``,
+    ``p_t = p y + (1 - p)(1 - y)`` and ``alpha_t = alpha y + (1 - alpha)(1 - y)``.
 
     Args:
         logits: any shape, finite.
-        targets: same shape, in [0, 1].
+        targets: same shape, in [0, 1] (hard targets are 0 or 1).
         alpha: weight of the positive side in [0, 1], or None for no alpha weighting.
         gamma: focusing exponent >= 0.
 
     Returns:
-        tensor of that shape, >= 0.
+        tensor of that shape, >= 0 (``torchvision.ops.sigmoid_focal_loss``).
     """
     logits, targets = _logits_and_targets(logits, targets)
-    _check_exponent(gamma, "gamma")
+    check_exponent(gamma, "gamma")
     if alpha is not None:
-        _check_unit(alpha, "alpha")
-    return _focal(logits, targets, alpha, gamma)
+        check_unit(alpha, "alpha")
+    return sigmoid_focal_loss_unchecked(logits, targets, alpha, gamma)
+
+
+def sigmoid_focal_loss_unchecked(logits, targets, alpha=FOCAL_ALPHA, gamma=FOCAL_GAMMA):
+    """:func:`sigmoid_focal_loss` of inputs already checked (float tensors of one shape)."""
+    return torchvision.ops.sigmoid_focal_loss(
+        logits, targets, alpha=-1.0 if alpha is None else float(alpha), gamma=float(gamma), reduction="none"
+    )
 
 
 def quality_focal_loss(logits, targets, beta=QFL_BETA):
-    """Quality focal loss, elementwise: ``|y - s(x)| ** beta * BCE(x, y)`` (specs/losses.md §3).
+    """Quality focal loss (GFL), elementwise (specs/losses.md §3; paper eq. (6)).
 
-    The modulating factor is not detached (mmdet). Never ``-inf``: no ``log(sigmoid)``.
+    ``|y - s(x)| ** beta * BCE(x, y)``. For ``y = 0`` this is ``s(x) ** beta * BCE(x, 0)``,
+    the negative branch of eq. (6); with ``y`` in {0, 1} it equals the focal loss with
+    ``alpha=None, gamma=beta``.
+
+    Args:
+        logits: any shape, finite.
+        targets: same shape, soft targets in [0, 1] (the IoU at a positive's class, 0 elsewhere).
+        beta: exponent >= 0.
+
+    Returns:
+        tensor of that shape, >= 0. The modulating factor is not detached (mmdet).
     """
     logits, targets = _logits_and_targets(logits, targets)
-    _check_exponent(beta, "beta")
-    return _qfl(logits, targets, beta)
+    check_exponent(beta, "beta")
+    return quality_focal_loss_unchecked(logits, targets, beta)
+
+
+def quality_focal_loss_unchecked(logits, targets, beta=QFL_BETA):
+    """:func:`quality_focal_loss` of inputs already checked (float tensors of one shape)."""
+    modulator = (targets - torch.sigmoid(logits)).abs().pow(beta)
+    return modulator * F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
 
 
 def varifocal_loss(logits, targets, alpha=VFL_ALPHA, gamma=VFL_GAMMA, iou_weighted=True):
-    """Varifocal loss, elementwise (specs/losses.md §4).
+    """Varifocal loss (VFNet), elementwise (specs/losses.md §4; paper eq. (7)).
 
-    ``w * BCE(x, y)`` with ``w = y`` (or 1) where ``y > 0`` and ``alpha * s(x) ** gamma``
-    where ``y == 0``; the weight is not detached (mmdet).
+    ``w * BCE(x, y)`` with ``w = y`` (``iou_weighted``) or ``1`` where ``y > 0``, and
+    ``w = alpha * s(x) ** gamma`` where ``y == 0``. An element with target exactly 0 is a
+    negative, even at a positive anchor's class.
+
+    Args:
+        logits: any shape, finite.
+        targets: same shape, soft targets in [0, 1].
+        alpha: weight of the negatives, >= 0.
+        gamma: exponent of the negatives' modulating factor, >= 0.
+        iou_weighted: weight the positives by their target (True, VFNet) or by 1.
+
+    Returns:
+        tensor of that shape, >= 0. The weight is not detached (mmdet).
     """
     logits, targets = _logits_and_targets(logits, targets)
-    _check_exponent(gamma, "gamma")
-    _check_exponent(alpha, "alpha")
-    return _vfl(logits, targets, alpha, gamma, iou_weighted)
+    check_exponent(gamma, "gamma")
+    check_exponent(alpha, "alpha")
+    return varifocal_loss_unchecked(logits, targets, alpha, gamma, iou_weighted)
+
+
+def varifocal_loss_unchecked(logits, targets, alpha=VFL_ALPHA, gamma=VFL_GAMMA, iou_weighted=True):
+    """:func:`varifocal_loss` of inputs already checked (float tensors of one shape)."""
+    positive_weight = targets if iou_weighted else torch.ones_like(targets)
+    weight = torch.where(targets > 0, positive_weight, alpha * torch.sigmoid(logits).pow(gamma))
+    return weight * F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
 
 
 def iou_loss(pred_boxes, target_boxes, mode="log", eps=IOU_LOSS_EPS):
     """IoU loss of row-aligned boxes (specs/losses.md §5).
 
-    ``"log"``: ``-ln(max(IoU, eps))``; ``"linear"``: ``1 - IoU``. Finite values and
-    gradients for zero-area and identical boxes.
+    ``"log"``: ``-ln(max(IoU, eps))`` (UnitBox / FCOS); ``"linear"``: ``1 - IoU``.
 
     Args:
         pred_boxes: (N, 4) xyxy.
         target_boxes: (N, 4) xyxy.
         mode: "log" or "linear".
-        eps: lower clamp of the IoU in "log" mode.
+        eps: lower clamp of the IoU in "log" mode, > 0; a zero IoU gives ``-ln(eps)``.
 
     Returns:
-        (N,) >= 0.
+        (N,) >= 0; at most ``-ln(eps)`` ("log") or 1 ("linear"). Finite values and
+        gradients for zero-area and identical boxes.
     """
     if mode not in ("log", "linear"):
         raise ValueError(f"mode: expected 'log' or 'linear', got {mode!r}")
@@ -123,8 +168,13 @@ def iou_loss(pred_boxes, target_boxes, mode="log", eps=IOU_LOSS_EPS):
 def giou_loss(pred_boxes, target_boxes):
     """GIoU loss of row-aligned boxes, ``1 - GIoU`` (specs/losses.md §5).
 
+    Args:
+        pred_boxes: (N, 4) xyxy.
+        target_boxes: (N, 4) xyxy.
+
     Returns:
-        (N,) in [0, 2].
+        (N,) in [0, 2]; 1 where both the union and the enclosing box are 0
+        (specs/boxes.md §3).
     """
     return 1.0 - aligned_box_giou(as_boxes(pred_boxes, "pred_boxes"), as_boxes(target_boxes, "target_boxes"))
 
@@ -134,7 +184,11 @@ def giou_loss(pred_boxes, target_boxes):
 
 
 def num_pos_normalizer(num_pos):
-    """``max(num_pos, 1)`` as a float tensor (specs/losses.md §6); ``num_pos`` counts the batch."""
+    """``max(num_pos, 1)``: the divisor of the classification and quality losses (specs/losses.md §6).
+
+    ``num_pos`` is the number of positives of the whole batch (an int or a 0-d tensor); the
+    result is a float tensor.
+    """
     num_pos = torch.as_tensor(num_pos)
     if bool(num_pos < 0):
         raise ValueError(f"num_pos: expected a count >= 0, got {num_pos!r}")
@@ -142,7 +196,9 @@ def num_pos_normalizer(num_pos):
 
 
 def weighted_mean(values, weights):
-    """``sum(w * v) / sum(w)``; the unweighted mean where ``sum(w) == 0``; 0 for empty input (specs/losses.md §6).
+    """``sum(w * v) / sum(w)``, the quality-weighted box loss (specs/losses.md §6).
+
+    Falls back to the unweighted mean where ``sum(w) == 0`` and to 0 for empty input.
 
     Args:
         values: (N,) losses.
@@ -175,52 +231,102 @@ def loss_sums(
     box_loss="giou",
     quality="centerness",
 ):
-    """Un-normalised loss sums of one image (specs/losses.md §7): :func:`loss_sums_batched` on a batch of one.
+    """Un-normalised loss sums of one image (specs/losses.md §7).
 
     Args:
-        cls_logits: (A, K). pred_boxes: (A, 4) decoded. quality_logits: (A,) or None.
-        centers: (A, 2). matched_gt: (A,). gt_boxes: (G, 4). gt_labels: (G,).
+        cls_logits: (A, K) classification logits.
+        pred_boxes: (A, 4) xyxy decoded predicted boxes (the caller decodes with
+            ``coders.decode_deltas`` or ``coders.decode_ltrb``).
+        quality_logits: (A,) centerness / IoU branch logits; None when ``quality == "none"``.
+        centers: (A, 2) anchor centres or points (for the centerness target).
+        matched_gt: (A,) integers in {IGNORE, BACKGROUND, 0..G-1}.
+        gt_boxes: (G, 4) xyxy.
+        gt_labels: (G,) classes in 0..K-1.
+        cls_loss: "focal" (hard targets), "qfl" or "vfl" (soft targets = :func:`iou_targets`).
+        box_loss: "giou" or "iou" ("log" mode).
+        quality: "centerness", "iou" or "none": the quality branch and the box-loss weights.
 
     Returns:
-        dict of 0-d tensors ``num_pos``, ``cls``, ``box_weighted``, ``box_weight``,
-        ``box_plain`` and (unless ``quality == "none"``) ``quality``.
+        dict of 0-d tensors: ``num_pos``; ``cls`` (sum over anchors and classes, IGNORE rows
+        weighted 0); ``box_weighted`` (sum of weight * box loss over positives);
+        ``box_weight`` (sum of weights); ``box_plain`` (sum of box losses); and ``quality``
+        (sum of BCE over positives) unless ``quality == "none"``. ``num_pos`` is int64;
+        the others are floating.
     """
+    check_choice(cls_loss, CLS_LOSSES, "cls_loss")
+    check_choice(box_loss, BOX_LOSSES, "box_loss")
+    check_choice(quality, QUALITY_BRANCHES, "quality")
     cls_logits = as_values(cls_logits, "cls_logits", ndim=2)
+    num_anchors, num_classes = cls_logits.shape
     pred_boxes = as_boxes(pred_boxes, "pred_boxes")
-    gt_boxes = as_boxes(gt_boxes, "gt_boxes")
-    if quality_logits is not None:
-        quality_logits = as_values(quality_logits, "quality_logits", ndim=1)[None]
-    gt_labels = torch.as_tensor(gt_labels)
-    if gt_labels.ndim != 1:
-        raise ValueError(f"gt_labels: expected shape (G,), got {tuple(gt_labels.shape)}")
-    matched_gt = torch.as_tensor(matched_gt)
-    if matched_gt.ndim != 1:
-        raise ValueError(f"matched_gt: expected shape (A,), got {tuple(matched_gt.shape)}")
-    return loss_sums_batched(
-        cls_logits[None],
-        pred_boxes[None],
-        quality_logits,
-        centers,
-        matched_gt[None],
-        gt_boxes[None],
-        gt_labels[None],
-        None,
-        cls_loss,
-        box_loss,
-        quality,
-    )
+    centers = as_points(centers, "centers")
+    _check_rows(pred_boxes, num_anchors, "pred_boxes")
+    _check_rows(centers, num_anchors, "centers")
+    if quality == "none":
+        if quality_logits is not None:
+            raise ValueError("quality_logits: expected None when quality is 'none'")
+    else:
+        if quality_logits is None:
+            raise ValueError(f"quality_logits: required when quality is {quality!r}")
+        quality_logits = as_values(quality_logits, "quality_logits", ndim=1)
+        _check_rows(quality_logits, num_anchors, "quality_logits")
+
+    # 1. targets
+    ious = iou_targets(pred_boxes, matched_gt, gt_boxes)
+    scores = None if cls_loss == "focal" else ious
+    cls_t, label_weights = class_targets(matched_gt, gt_labels, num_classes, scores, dtype=cls_logits.dtype)
+    box_t = box_targets(matched_gt, gt_boxes).to(pred_boxes.dtype)
+    positive = torch.as_tensor(matched_gt, device=cls_logits.device) >= 0
+    if quality == "centerness":
+        quality_t = centerness_targets(centers, matched_gt, gt_boxes)
+    elif quality == "iou":
+        quality_t = ious
+    else:
+        quality_t = torch.ones(num_anchors, dtype=cls_logits.dtype, device=cls_logits.device)
+
+    # 2. classification: every anchor and class, IGNORE rows weighted 0
+    if cls_loss == "focal":
+        cls_elem = sigmoid_focal_loss(cls_logits, cls_t)
+    elif cls_loss == "qfl":
+        cls_elem = quality_focal_loss(cls_logits, cls_t)
+    else:
+        cls_elem = varifocal_loss(cls_logits, cls_t)
+    cls_sum = (label_weights[:, None] * cls_elem).sum()
+
+    # 3. box regression: positives, weighted by the quality target
+    if box_loss == "giou":
+        box_elem = giou_loss(pred_boxes[positive], box_t[positive])
+    else:
+        box_elem = iou_loss(pred_boxes[positive], box_t[positive])
+    weights = quality_t[positive].to(box_elem.dtype)
+
+    sums = {
+        "num_pos": positive.sum(),
+        "cls": cls_sum,
+        "box_weighted": (weights * box_elem).sum(),
+        "box_weight": weights.sum(),
+        "box_plain": box_elem.sum(),
+    }
+    # 4. quality branch: BCE over positives
+    if quality != "none":
+        sums["quality"] = bce_with_logits(quality_logits[positive], quality_t[positive]).sum()
+    return sums
 
 
 def reduce_loss_sums(sums, box_loss_weight=BOX_LOSS_WEIGHT):
     """Normalise loss sums into the named loss terms (specs/losses.md §6, §7).
 
     Args:
-        sums: one :func:`loss_sums` / :func:`loss_sums_batched` dict, or a list of them
-            (added key by key first).
-        box_loss_weight: multiplier of the box term.
+        sums: one :func:`loss_sums` dict, or a list of them (one per image of a batch);
+            a list is added key by key first, so the batch is normalised as a whole. A
+            ``loss_step.loss_sums_batched`` dict holds the sums of a whole batch already.
+        box_loss_weight: multiplier of the box term (2.0 for GIoU, as ATSS).
 
     Returns:
-        dict of 0-d tensors ``loss_cls``, ``loss_box`` and, when present, ``loss_quality``.
+        dict of 0-d tensors: ``loss_cls = cls / max(num_pos, 1)``;
+        ``loss_box = box_loss_weight * box_weighted / box_weight`` (unweighted mean
+        ``box_plain / num_pos`` where ``box_weight == 0``; 0 without positives);
+        ``loss_quality = quality / max(num_pos, 1)`` when the sums have a quality term.
     """
     if isinstance(sums, (list, tuple)):
         if not sums:
@@ -241,151 +347,18 @@ def reduce_loss_sums(sums, box_loss_weight=BOX_LOSS_WEIGHT):
     return terms
 
 
-def detection_losses(
-    cls_logits,
-    pred_boxes,
-    quality_logits,
-    centers,
-    matched_gt,
-    gt_boxes,
-    gt_labels,
-    cls_loss="focal",
-    box_loss="giou",
-    quality="centerness",
-    box_loss_weight=BOX_LOSS_WEIGHT,
-):
-    """The loss step of one image: :func:`loss_sums` then :func:`reduce_loss_sums` (specs/losses.md §7)."""
-    sums = loss_sums(
-        cls_logits, pred_boxes, quality_logits, centers, matched_gt, gt_boxes, gt_labels, cls_loss, box_loss, quality
-    )
-    return reduce_loss_sums(sums, box_loss_weight)
-
-
-# ---------------------------------------------------------------------------------------
-# batched loss step (no reference twin)
-
-
-def loss_sums_batched(
-    cls_logits,
-    pred_boxes,
-    quality_logits,
-    centers,
-    matched_gt,
-    gt_boxes,
-    gt_labels,
-    gt_valid=None,
-    cls_loss="focal",
-    box_loss="giou",
-    quality="centerness",
-):
-    """Un-normalised loss sums of a batch, added over its images (specs/losses.md §7).
+def detection_losses(*args, box_loss_weight=BOX_LOSS_WEIGHT, **kwargs):
+    """The loss step of one image: :func:`loss_sums` then :func:`reduce_loss_sums` (specs/losses.md §7).
 
     Args:
-        cls_logits: (B, A, K) classification logits.
-        pred_boxes: (B, A, 4) decoded predicted boxes (gradients flow through the box loss).
-        quality_logits: (B, A) quality-branch logits, or None when ``quality == "none"``.
-        centers: (A, 2) shared anchor centres / points, or (B, A, 2).
-        matched_gt: (B, A) in {IGNORE, BACKGROUND, 0..G_max-1}; never a padded slot.
-        gt_boxes: (B, G_max, 4) xyxy, padded.
-        gt_labels: (B, G_max) classes in 0..K-1 at valid slots.
-        gt_valid: (B, G_max) bool, or None for all valid.
-        cls_loss, box_loss, quality: as :func:`loss_sums`.
+        *args, **kwargs: the arguments of :func:`loss_sums`, by position or by name.
+        box_loss_weight: multiplier of the box term, as in :func:`reduce_loss_sums`.
 
     Returns:
-        dict of 0-d tensors: ``num_pos`` (int64), ``cls``, ``box_weighted``,
-        ``box_weight``, ``box_plain``, and ``quality`` unless ``quality == "none"``;
-        :func:`reduce_loss_sums` turns it into the batch's loss terms.
+        dict of 0-d tensors ``loss_cls``, ``loss_box`` and (unless ``quality == "none"``)
+        ``loss_quality``; the training objective is their sum.
     """
-    _check_choice(cls_loss, CLS_LOSSES, "cls_loss")
-    _check_choice(box_loss, BOX_LOSSES, "box_loss")
-    _check_choice(quality, QUALITY_BRANCHES, "quality")
-    cls_logits = _as_finite(cls_logits, "cls_logits")
-    if cls_logits.ndim != 3:
-        raise ValueError(f"cls_logits: expected shape (B, A, K), got {tuple(cls_logits.shape)}")
-    batch, num_anchors, num_classes = cls_logits.shape
-    pred_boxes = as_boxes(pred_boxes, "pred_boxes", batched=True)
-    _check_shape(pred_boxes, (batch, num_anchors, 4), "pred_boxes")
-    if quality == "none":
-        if quality_logits is not None:
-            raise ValueError("quality_logits: expected None when quality is 'none'")
-    else:
-        if quality_logits is None:
-            raise ValueError(f"quality_logits: required when quality is {quality!r}")
-        quality_logits = as_values(quality_logits, "quality_logits", ndim=2)
-        _check_shape(quality_logits, (batch, num_anchors), "quality_logits")
-    dtype = cls_logits.dtype
-
-    # 1. targets (constants)
-    ious = iou_targets_batched(pred_boxes, matched_gt, gt_boxes, gt_valid)
-    scores = None if cls_loss == "focal" else ious
-    cls_t, label_weights = class_targets_batched(matched_gt, gt_labels, num_classes, scores, gt_valid, dtype=dtype)
-    box_t = box_targets_batched(matched_gt, gt_boxes, gt_valid)
-    positive = torch.as_tensor(matched_gt, device=cls_logits.device) >= 0
-    if quality == "centerness":
-        quality_t = centerness_targets_batched(centers, matched_gt, gt_boxes, gt_valid)
-    elif quality == "iou":
-        quality_t = ious
-    else:
-        quality_t = torch.ones(batch, num_anchors, dtype=dtype, device=cls_logits.device)
-
-    # 2. classification: every anchor and class, IGNORE rows weighted 0 (inputs checked above)
-    if cls_loss == "focal":
-        cls_elem = _focal(cls_logits, cls_t, FOCAL_ALPHA, FOCAL_GAMMA)
-    elif cls_loss == "qfl":
-        cls_elem = _qfl(cls_logits, cls_t, QFL_BETA)
-    else:
-        cls_elem = _vfl(cls_logits, cls_t, VFL_ALPHA, VFL_GAMMA, True)
-    cls_sum = (label_weights[..., None] * cls_elem).sum()
-
-    # 3. box regression: positives, weighted by the quality target
-    index = torch.nonzero(positive.reshape(-1)).flatten()
-    pos_pred = pred_boxes.reshape(-1, 4).index_select(0, index)
-    pos_target = box_t.reshape(-1, 4).index_select(0, index).to(pred_boxes.dtype)
-    if box_loss == "giou":
-        box_elem = giou_loss(pos_pred, pos_target)
-    else:
-        box_elem = iou_loss(pos_pred, pos_target)
-    weights = quality_t.reshape(-1).index_select(0, index).to(box_elem.dtype)
-
-    sums = {
-        "num_pos": positive.sum(),
-        "cls": cls_sum,
-        "box_weighted": (weights * box_elem).sum(),
-        "box_weight": weights.sum(),
-        "box_plain": box_elem.sum(),
-    }
-    # 4. quality branch: BCE over positives
-    if quality != "none":
-        pos_logits = quality_logits.reshape(-1).index_select(0, index)
-        pos_quality_t = quality_t.reshape(-1).index_select(0, index).to(quality_logits.dtype)
-        sums["quality"] = F.binary_cross_entropy_with_logits(pos_logits, pos_quality_t, reduction="sum")
-    return sums
-
-
-def detection_losses_batched(
-    cls_logits,
-    pred_boxes,
-    quality_logits,
-    centers,
-    matched_gt,
-    gt_boxes,
-    gt_labels,
-    gt_valid=None,
-    cls_loss="focal",
-    box_loss="giou",
-    quality="centerness",
-    box_loss_weight=BOX_LOSS_WEIGHT,
-):
-    """The training pipeline's loss step: :func:`loss_sums_batched` then :func:`reduce_loss_sums`.
-
-    Normalises over the whole batch (specs/losses.md §6). Returns a dict of 0-d tensors
-    ``loss_cls``, ``loss_box`` (``box_loss_weight`` applied) and, unless
-    ``quality == "none"``, ``loss_quality``; the objective is their sum.
-    """
-    sums = loss_sums_batched(
-        cls_logits, pred_boxes, quality_logits, centers, matched_gt, gt_boxes, gt_labels, gt_valid, cls_loss, box_loss, quality
-    )
-    return reduce_loss_sums(sums, box_loss_weight)
+    return reduce_loss_sums(loss_sums(*args, **kwargs), box_loss_weight)
 
 
 # ---------------------------------------------------------------------------------------
@@ -401,68 +374,18 @@ def _weighted_mean_of_sums(weighted, weight, plain, count):
     return torch.where(has_weight, mean_weighted, torch.where(has_count, mean_plain, torch.zeros_like(mean_plain)))
 
 
-def _focal(logits, targets, alpha, gamma):
-    return torchvision.ops.sigmoid_focal_loss(
-        logits, targets, alpha=-1.0 if alpha is None else float(alpha), gamma=float(gamma), reduction="none"
-    )
-
-
-def _qfl(logits, targets, beta):
-    modulator = (targets - torch.sigmoid(logits)).abs().pow(beta)
-    return modulator * F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-
-
-def _vfl(logits, targets, alpha, gamma, iou_weighted):
-    positive_weight = targets if iou_weighted else torch.ones_like(targets)
-    weight = torch.where(targets > 0, positive_weight, alpha * torch.sigmoid(logits).pow(gamma))
-    return weight * F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-
-
 def _logits_and_targets(logits, targets):
-    logits = _as_finite(logits, "logits")
-    targets = _as_finite(targets, "targets").to(logits.dtype)
+    logits = as_finite(logits, "logits")
+    targets = as_finite(targets, "targets").to(logits.dtype)
     if logits.shape != targets.shape:
         raise ValueError(f"targets: expected shape {tuple(logits.shape)} to match logits, got {tuple(targets.shape)}")
     bad = (targets < 0) | (targets > 1)
-    if bool(bad.any()):
+    if bad.any():
         index = tuple(torch.nonzero(bad)[0].tolist())
         raise ValueError(f"targets: element {index} is {float(targets[index])}, expected a value in [0, 1]")
     return logits, targets
 
 
-def _as_finite(values, name):
-    tensor = torch.as_tensor(values)
-    if tensor.dtype == torch.bool or tensor.is_complex():
-        raise ValueError(f"{name}: expected a real integer or floating dtype, got {tensor.dtype}")
-    if tensor.dtype in (torch.float16, torch.bfloat16):
-        tensor = tensor.float()
-    elif not tensor.is_floating_point():
-        tensor = tensor.to(torch.get_default_dtype())
-    # fast path: one reduction; a finite sum proves every element finite
-    if tensor.numel() and bool(torch.isfinite(tensor.sum())):
-        return tensor
-    bad = ~torch.isfinite(tensor)
-    if bool(bad.any()):
-        index = tuple(torch.nonzero(bad)[0].tolist())
-        raise ValueError(f"{name}: element {index} is NaN or Inf")
-    return tensor
-
-
-def _check_exponent(value, name):
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and 0 <= value < float("inf")):
-        raise ValueError(f"{name}: expected a finite value >= 0, got {value!r}")
-
-
-def _check_unit(value, name):
-    if not (isinstance(value, (int, float)) and 0 <= value <= 1):
-        raise ValueError(f"{name}: expected a value in [0, 1] or None, got {value!r}")
-
-
-def _check_choice(value, choices, name):
-    if value not in choices:
-        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
-
-
-def _check_shape(tensor, shape, name):
-    if tuple(tensor.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)} to pair with cls_logits, got {tuple(tensor.shape)}")
+def _check_rows(tensor, count, name):
+    if len(tensor) != count:
+        raise ValueError(f"{name}: expected {count} rows to pair with cls_logits, got {len(tensor)}")

@@ -1,17 +1,19 @@
 """Pseudo-IoU of points and GT boxes (specs/pseudo_iou.md).
 
-Twin of ``reference/pseudo_iou.py``; tensors in the input's floating dtype (half and
-bfloat16 up-cast to float32, integers to the default dtype), on the input's device.
+Three forms of one quantity, the IoU of a GT with the GT-sized box centred on a point:
 
 - ``pseudo_iou_algorithm1``: the paper's Algorithm 1 on (l, t, r, b) distances; exact for
   points strictly inside the GT (the only place the assigners use it);
 - ``pseudo_iou_explicit``: build the pseudo boxes and take their box IoU;
 - ``pseudo_iou``: the closed form a / (2 - a), exact everywhere (the canonical one).
+
+Twin of ``reference/pseudo_iou.py``; tensors in the input's floating dtype (half and
+bfloat16 up-cast to float32, integers to the default dtype), on the input's device.
 """
 import numpy as np
 import torch
 
-from detector.boxes import aligned_box_iou
+from detector.boxes import _common_dtype, aligned_box_iou, safe_divide
 from detector.validation import as_boxes, as_points, as_values
 
 
@@ -23,7 +25,7 @@ def pseudo_iou_algorithm1(ltrb):
             bottom sides of its GT (negative where the point is outside that side).
 
     Returns:
-        (...) float. In (1/7, 1] where min(l, t, r, b) > 0; equal to the explicit IoU
+        (...) values in (1/7, 1] where min(l, t, r, b) > 0; equal to the explicit IoU
         wherever |dx| <= w and |dy| <= h; outside that region a negative or spurious
         value (specs/pseudo_iou.md §2); 0 where the union is 0. Never NaN.
     """
@@ -44,10 +46,11 @@ def _pseudo_iou_algorithm1(ltrb):
     r_i = torch.minimum(r_a, r)
     t_i = torch.minimum(t_a, t)
     b_i = torch.minimum(b_a, b)
-    # Steps 3-5: intersection, union, ratio (0 where the union is 0).
+    # Steps 3-5: intersection, union, ratio (0 where the union is 0; a negative union, which
+    # only distances from outside the GT give, is divided: specs/pseudo_iou.md §2).
     area_i = (l_i + r_i) * (t_i + b_i)
     union = area_a + area_b - area_i
-    return _divide_or_zero(area_i, union)
+    return safe_divide(area_i, union, where=union != 0)
 
 
 def pseudo_iou_explicit(points, gt_boxes):
@@ -58,9 +61,11 @@ def pseudo_iou_explicit(points, gt_boxes):
         gt_boxes: (G, 4) xyxy.
 
     Returns:
-        (G, A) float in [0, 1]; 0 for zero-area GTs.
+        (G, A) in [0, 1]; 0 for zero-area GTs.
     """
-    points, gt_boxes = _common_dtype(as_points(points, "points"), as_boxes(gt_boxes, "gt_boxes"))
+    points = as_points(points, "points")
+    gt_boxes = as_boxes(gt_boxes, "gt_boxes")
+    points, gt_boxes = _common_dtype(points, gt_boxes)
     half_w = (gt_boxes[:, 2, None] - gt_boxes[:, 0, None]) / 2  # (G, 1)
     half_h = (gt_boxes[:, 3, None] - gt_boxes[:, 1, None]) / 2  # (G, 1)
     x, y = points[None, :, 0], points[None, :, 1]  # (1, A)
@@ -81,10 +86,12 @@ def pseudo_iou(points, gt_boxes):
         gt_boxes: (G, 4) xyxy.
 
     Returns:
-        (G, A) float in [0, 1]: equal to ``pseudo_iou_explicit`` everywhere; 0 for
+        (G, A) in [0, 1]: equal to ``pseudo_iou_explicit`` everywhere; 0 for
         zero-area GTs.
     """
-    points, gt_boxes = _common_dtype(as_points(points, "points"), as_boxes(gt_boxes, "gt_boxes"))
+    points = as_points(points, "points")
+    gt_boxes = as_boxes(gt_boxes, "gt_boxes")
+    points, gt_boxes = _common_dtype(points, gt_boxes)
     x1, y1, x2, y2 = (gt_boxes[:, i, None] for i in range(4))  # (G, 1) each
     w, h = x2 - x1, y2 - y1
     has_area = (w != 0) & (h != 0)  # zero-area GT: union 0, Pseudo-IoU 0
@@ -94,17 +101,6 @@ def pseudo_iou(points, gt_boxes):
     dy = (points[None, :, 1] - (y1 + y2) / 2).abs()  # (G, A)
     a = (1 - dx / safe_w).clamp(min=0.0) * (1 - dy / safe_h).clamp(min=0.0)
     return torch.where(has_area, a / (2 - a), torch.zeros_like(a))
-
-
-def _divide_or_zero(numerator, denominator):
-    """numerator / denominator, 0 where the denominator is 0 (specs/conventions.md §7)."""
-    nonzero = denominator != 0
-    return torch.where(nonzero, numerator / torch.where(nonzero, denominator, torch.ones_like(denominator)), 0.0)
-
-
-def _common_dtype(first, second):
-    dtype = torch.promote_types(first.dtype, second.dtype)
-    return first.to(dtype), second.to(dtype)
 
 
 def _ndim(values):

@@ -1,14 +1,26 @@
-"""Training targets from an assignment (specs/targets.md). Twin of ``reference/targets.py``.
+"""Training targets from an assignment (specs/targets.md).
 
-Vectorised over anchors, GTs and images: each single-image function is the ``*_batched``
-function on a batch of one. Targets are constants: they never require grad (the IoU
-target is computed from detached predictions, specs/targets.md §5).
+Every function takes an image's ``matched_gt`` (A,) with the sentinels BACKGROUND = -1
+and IGNORE = -2 (specs/conventions.md §4) and the image's GTs, and returns per-anchor
+targets. Rows of anchors that are not positive are 0 (and carry weight 0 where a weight
+exists), so a target is always finite.
+
+PyTorch twin of ``reference/targets.py``: each function checks one image's inputs as the
+reference does, then runs the batched builder of ``detector/batched_targets.py`` on a
+batch of one, so one image and a batch give the same numbers. Targets are constants: they
+never require grad (the IoU target is computed from detached predictions, §5).
 """
 import torch
 
-from detector.boxes import aligned_box_iou
+from detector.batched_targets import (
+    box_targets_batched,
+    centerness_targets_batched,
+    class_targets_batched,
+    ignore_regions_batched,
+    iou_targets_batched,
+)
 from detector.conventions import BACKGROUND, IGNORE
-from detector.validation import as_boxes, as_points, as_values
+from detector.validation import as_boxes, as_points, as_values, check_num_classes
 
 
 def class_targets(matched_gt, gt_labels, num_classes, scores=None, *, dtype=None):
@@ -16,39 +28,42 @@ def class_targets(matched_gt, gt_labels, num_classes, scores=None, *, dtype=None
 
     Args:
         matched_gt: (A,) integers in {IGNORE, BACKGROUND, 0..G-1}.
-        gt_labels: (G,) integers in 0..K-1.
+        gt_labels: (G,) integers in 0..K-1, the class of each GT.
         num_classes: K >= 1.
-        scores: None for hard targets, or (A,) values in [0, 1] (soft targets of positives).
+        scores: None for hard targets, or (A,) floats in [0, 1], the soft target of each
+            anchor (e.g. :func:`iou_targets`); only positive rows are read.
         dtype: floating dtype of the results (default: that of ``scores``, else the
             default dtype).
 
     Returns:
-        targets: (A, K); one-hot (or score) rows for positives, zero rows otherwise.
-        label_weights: (A,); 0 for IGNORE anchors, 1 otherwise.
+        targets: (A, K) in ``dtype``; row ``a`` is 0 except ``targets[a, gt_labels[matched_gt[a]]]``,
+            which is 1 (hard) or ``scores[a]`` (soft) for a positive anchor.
+        label_weights: (A,) in ``dtype``; 0 for IGNORE anchors, 1 otherwise.
+
+    Raises:
+        ValueError: a bad ``matched_gt`` value, label, ``num_classes`` or score.
     """
-    num_classes = _check_num_classes(num_classes)
-    gt_labels = _as_index_tensor(gt_labels, "gt_labels", 1)
-    bad = (gt_labels < 0) | (gt_labels >= num_classes)
-    if bool(bad.any()):
-        row = _first(bad)
-        raise ValueError(f"gt_labels: row {row} is {int(gt_labels[row])}, expected a class in 0..{num_classes - 1}")
+    num_classes = check_num_classes(num_classes)
+    gt_labels = _check_labels(gt_labels, num_classes)
     matched_gt = _check_matched_gt(matched_gt, len(gt_labels))
-    scores = None if scores is None else _check_scores(scores, len(matched_gt))[None]
-    targets, weights = class_targets_batched(
-        matched_gt[None], gt_labels[None], num_classes, scores, torch.ones(1, len(gt_labels), dtype=torch.bool), dtype=dtype
-    )
-    return targets[0], weights[0]
+    num_anchors = len(matched_gt)
+
+    if scores is not None:
+        scores = _check_scores(scores, num_anchors)[None]
+    targets, label_weights = class_targets_batched(matched_gt[None], gt_labels[None], num_classes, scores, dtype=dtype)
+    return targets[0], label_weights[0]
 
 
 def box_targets(matched_gt, gt_boxes):
-    """Regression targets: the assigned GT box, zero rows for non-positives (specs/targets.md §3).
+    """Regression targets: the assigned GT box (specs/targets.md §3).
 
     Args:
         matched_gt: (A,) integers in {IGNORE, BACKGROUND, 0..G-1}.
         gt_boxes: (G, 4) xyxy.
 
     Returns:
-        (A, 4) in the dtype of ``gt_boxes``.
+        (A, 4) in the dtype of ``gt_boxes``: ``gt_boxes[matched_gt[a]]`` for a positive
+        anchor, a zero row otherwise.
     """
     gt_boxes = as_boxes(gt_boxes, "gt_boxes")
     matched_gt = _check_matched_gt(matched_gt, len(gt_boxes))
@@ -56,34 +71,45 @@ def box_targets(matched_gt, gt_boxes):
 
 
 def centerness_targets(centers, matched_gt, gt_boxes):
-    """Centerness of each anchor centre inside its assigned GT (specs/targets.md §4).
+    """FCOS/ATSS centerness of each anchor centre inside its assigned GT (specs/targets.md §4).
+
+    ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))`` with ``(l, t, r, b)`` the
+    distances from the centre to the GT's sides. A ratio is 0 where ``min(l, r) <= 0``
+    (resp. ``min(t, b) <= 0``): the centre is on or outside that edge, or the GT has zero
+    width (height). The result is never NaN.
 
     Args:
-        centers: (A, 2) (x, y).
+        centers: (A, 2) (x, y) anchor centres or points.
         matched_gt: (A,) integers in {IGNORE, BACKGROUND, 0..G-1}.
         gt_boxes: (G, 4) xyxy.
 
     Returns:
-        (A,) in [0, 1]; 0 for non-positives and where the centre is on or outside an edge.
+        (A,) in [0, 1], in the dtype of ``gt_boxes``; 0 for anchors that are not positive.
     """
     centers = as_points(centers, "centers")
     gt_boxes = as_boxes(gt_boxes, "gt_boxes")
     matched_gt = _check_matched_gt(matched_gt, len(gt_boxes))
     if len(centers) != len(matched_gt):
         raise ValueError(f"centers: expected {len(matched_gt)} rows to pair with matched_gt, got {len(centers)}")
+
     return centerness_targets_batched(centers, matched_gt[None], gt_boxes[None])[0]
 
 
 def iou_targets(pred_boxes, matched_gt, gt_boxes):
-    """IoU of each positive's (detached) predicted box with its assigned GT (specs/targets.md §5).
+    """IoU of each positive's predicted box with its assigned GT (specs/targets.md §5).
+
+    This is Dynamic ATSS's "PIoU" of the assigned pair: the target of the IoU branch and
+    the soft class target of QFL/VFL. The predicted boxes are the decoded predictions of
+    this step, treated as constants (the PyTorch twin detaches them).
 
     Args:
-        pred_boxes: (A, 4) xyxy decoded predictions; detached here.
+        pred_boxes: (A, 4) xyxy decoded predicted boxes.
         matched_gt: (A,) integers in {IGNORE, BACKGROUND, 0..G-1}.
         gt_boxes: (G, 4) xyxy.
 
     Returns:
-        (A,) in [0, 1], no grad; 0 for non-positives and where the union is 0.
+        (A,) in [0, 1], no grad; 0 for anchors that are not positive, and 0 where the union
+        is 0 (specs/boxes.md §5).
     """
     pred_boxes = as_boxes(pred_boxes, "pred_boxes")
     gt_boxes = as_boxes(gt_boxes, "gt_boxes")
@@ -97,250 +123,76 @@ def ignore_regions(matched_gt, centers, ignore_boxes):
     """Turn background anchors whose centre lies inside an ignore region into IGNORE
     (specs/targets.md §8).
 
+    Runs after the assigner, before the targets: a COCO crowd box (``ignore_boxes`` of
+    ``CocoDetection(..., crowd="ignore")``) excludes the negatives it covers from the
+    classification loss. Positives are never changed.
+
     Args:
         matched_gt: (A,) integers in {IGNORE, BACKGROUND, 0, 1, ...}.
         centers: (A, 2) (x, y) anchor centres or points.
         ignore_boxes: (I, 4) xyxy ignore regions; I may be 0.
 
     Returns:
-        (A,) int64 on the device of ``matched_gt``: ``IGNORE`` where ``matched_gt ==
-        BACKGROUND`` and the centre is strictly inside some ignore box, else ``matched_gt``.
+        (A,) int64: ``IGNORE`` where ``matched_gt == BACKGROUND`` and the centre is strictly
+        inside some ignore box (``min(l, t, r, b) > 0``, specs/boxes.md §7), else
+        ``matched_gt``. A zero-area ignore box contains no centre.
+        The result is on the device of ``matched_gt``.
+
+    Raises:
+        ValueError: a bad ``matched_gt`` value, bad centres or boxes, or a length mismatch.
     """
-    matched_gt = _check_ignore_matched_gt(matched_gt, 1)
+    matched_gt = _check_matched_gt(matched_gt, None)
     centers = as_points(centers, "centers")
     ignore_boxes = as_boxes(ignore_boxes, "ignore_boxes")
     if len(centers) != len(matched_gt):
         raise ValueError(f"centers: expected {len(matched_gt)} rows to pair with matched_gt, got {len(centers)}")
+
     valid = torch.ones(1, len(ignore_boxes), dtype=torch.bool, device=ignore_boxes.device)
     return ignore_regions_batched(matched_gt[None], centers, ignore_boxes[None], valid)[0]
-
-
-# ---------------------------------------------------------------------------------------
-# batched variants (no reference twin): GTs padded to G_max, gt_valid (B, G_max)
-
-
-def class_targets_batched(matched_gt, gt_labels, num_classes, scores=None, gt_valid=None, *, dtype=None):
-    """Batched :func:`class_targets` (specs/targets.md §1, §2).
-
-    Args:
-        matched_gt: (B, A) integers in {IGNORE, BACKGROUND, 0..G_max-1}, never a padded slot.
-        gt_labels: (B, G_max) integers; valid slots in 0..K-1 (padded slots are not read).
-        num_classes: K >= 1.
-        scores: None, or (B, A) soft targets in [0, 1].
-        gt_valid: (B, G_max) bool, or None for all valid.
-        dtype: floating dtype of the results.
-
-    Returns:
-        targets: (B, A, K); label_weights: (B, A).
-    """
-    num_classes = _check_num_classes(num_classes)
-    gt_labels = _as_index_tensor(gt_labels, "gt_labels", 2)
-    gt_valid = _check_gt_valid(gt_valid, gt_labels.shape)
-    bad = gt_valid & ((gt_labels < 0) | (gt_labels >= num_classes))
-    if bool(bad.any()):
-        row = _first(bad)
-        raise ValueError(f"gt_labels: row {row} is {int(gt_labels[row])}, expected a class in 0..{num_classes - 1}")
-    matched_gt = _check_matched_gt_batched(matched_gt, gt_valid)
-    if dtype is None:
-        dtype = scores.dtype if isinstance(scores, torch.Tensor) and scores.is_floating_point() else torch.get_default_dtype()
-
-    positive = matched_gt >= 0
-    labels = torch.where(positive, _gather(gt_labels.to(matched_gt.device), matched_gt), 0)  # (B, A); 0 if none
-    if scores is None:
-        values = positive.to(dtype)
-    else:
-        values = torch.where(positive, _check_scores(scores, matched_gt.shape[-1], batched=True).to(dtype), 0.0)
-    targets = torch.zeros(*matched_gt.shape, num_classes, dtype=dtype, device=matched_gt.device)
-    targets.scatter_(-1, labels[..., None], values[..., None].detach())
-    label_weights = (matched_gt != IGNORE).to(dtype)
-    return targets, label_weights
-
-
-def box_targets_batched(matched_gt, gt_boxes, gt_valid=None):
-    """Batched :func:`box_targets`: (B, A) ``matched_gt``, (B, G_max, 4) boxes -> (B, A, 4)."""
-    gt_boxes = as_boxes(gt_boxes, "gt_boxes", batched=True)
-    gt_valid = _check_gt_valid(gt_valid, gt_boxes.shape[:2])
-    matched_gt = _check_matched_gt_batched(matched_gt, gt_valid)
-    positive = (matched_gt >= 0)[..., None]
-    return torch.where(positive, _gather(gt_boxes.detach(), matched_gt), 0.0)
-
-
-def centerness_targets_batched(centers, matched_gt, gt_boxes, gt_valid=None):
-    """Batched :func:`centerness_targets`.
-
-    Args:
-        centers: (A, 2) shared by the batch, or (B, A, 2).
-        matched_gt: (B, A).
-        gt_boxes: (B, G_max, 4).
-        gt_valid: (B, G_max) bool or None.
-
-    Returns:
-        (B, A) in [0, 1].
-    """
-    assigned = box_targets_batched(matched_gt, gt_boxes, gt_valid)
-    centers = _check_centers(centers, assigned.shape[:2]).to(assigned.dtype).detach()
-    x, y = centers[..., 0], centers[..., 1]
-    ratio_x = _side_ratio(x - assigned[..., 0], assigned[..., 2] - x)
-    ratio_y = _side_ratio(y - assigned[..., 1], assigned[..., 3] - y)
-    positive = torch.as_tensor(matched_gt, device=assigned.device) >= 0
-    return torch.where(positive, torch.sqrt(ratio_x * ratio_y), 0.0)
-
-
-def iou_targets_batched(pred_boxes, matched_gt, gt_boxes, gt_valid=None):
-    """Batched :func:`iou_targets`: (B, A, 4) predictions -> (B, A), no grad."""
-    pred_boxes = as_boxes(pred_boxes, "pred_boxes", batched=True).detach()
-    assigned = box_targets_batched(matched_gt, gt_boxes, gt_valid)
-    if pred_boxes.shape != assigned.shape:
-        raise ValueError(f"pred_boxes: expected shape {tuple(assigned.shape)} to pair with matched_gt, got {tuple(pred_boxes.shape)}")
-    dtype = torch.promote_types(pred_boxes.dtype, assigned.dtype)
-    iou = aligned_box_iou(pred_boxes.reshape(-1, 4).to(dtype), assigned.reshape(-1, 4).to(dtype)).reshape(assigned.shape[:2])
-    positive = torch.as_tensor(matched_gt, device=assigned.device) >= 0
-    return torch.where(positive, iou, 0.0)
-
-
-def ignore_regions_batched(matched_gt, centers, ignore_boxes, ignore_valid):
-    """Batched :func:`ignore_regions` (specs/targets.md §8).
-
-    Vectorised over images, regions and anchors; the largest intermediate is a
-    (B, I_max, A) bool tensor.
-
-    Args:
-        matched_gt: (B, A) integers in {IGNORE, BACKGROUND, 0, 1, ...}.
-        centers: (A, 2) (x, y) shared by the batch.
-        ignore_boxes: (B, I_max, 4) xyxy, padded (``detector.data.collate.pad_boxes``).
-        ignore_valid: (B, I_max) bool; padded slots contain no centre.
-
-    Returns:
-        (B, A) int64 on the device of ``matched_gt``.
-    """
-    matched_gt = _check_ignore_matched_gt(matched_gt, 2)
-    centers = as_points(centers, "centers")
-    ignore_boxes = as_boxes(ignore_boxes, "ignore_boxes", batched=True)
-    batch, num_anchors = matched_gt.shape
-    if len(centers) != num_anchors:
-        raise ValueError(f"centers: expected {num_anchors} rows to pair with matched_gt, got {len(centers)}")
-    if ignore_boxes.shape[0] != batch:
-        raise ValueError(f"ignore_boxes: expected {batch} images to pair with matched_gt, got {ignore_boxes.shape[0]}")
-    ignore_valid = _check_gt_valid(ignore_valid, ignore_boxes.shape[:2], "ignore_valid")
-
-    device = matched_gt.device
-    dtype = torch.promote_types(centers.dtype, ignore_boxes.dtype)
-    x = centers[:, 0].to(device, dtype).detach()[None, None]  # (1, 1, A)
-    y = centers[:, 1].to(device, dtype).detach()[None, None]
-    boxes = ignore_boxes.to(device, dtype).detach()[..., None]  # (B, I_max, 4, 1)
-    # min(l, t, r, b) > 0 (specs/boxes.md §7), written as four strict comparisons so that
-    # no (B, I_max, A) float tensor is built: x - x1 > 0 <=> x > x1 for finite floats.
-    inside = x > boxes[:, :, 0]  # (B, I_max, A) bool
-    inside &= y > boxes[:, :, 1]
-    inside &= x < boxes[:, :, 2]
-    inside &= y < boxes[:, :, 3]
-    inside &= ignore_valid.to(device)[..., None]
-    inside_any = inside.any(dim=1) if inside.shape[1] else torch.zeros(batch, num_anchors, dtype=torch.bool, device=device)
-    return torch.where((matched_gt == BACKGROUND) & inside_any, IGNORE, matched_gt)
 
 
 # ---------------------------------------------------------------------------------------
 # helpers
 
 
-def _side_ratio(near, far):
-    """min / max of two distances to opposite sides; 0 when the smaller one is <= 0."""
-    low, high = torch.minimum(near, far), torch.maximum(near, far)
-    inside = low > 0
-    return torch.where(inside, low / torch.where(inside, high, torch.ones_like(high)), 0.0)
-
-
-def _gather(values, matched_gt):
-    """values (B, G, ...) gathered at matched_gt (B, A) (clamped to 0) -> (B, A, ...)."""
-    batch, num_anchors = matched_gt.shape
-    if values.shape[1] == 0:
-        return torch.zeros(batch, num_anchors, *values.shape[2:], dtype=values.dtype, device=values.device)
-    index = matched_gt.clamp(min=0).to(values.device)
-    index = index.reshape(batch, num_anchors, *([1] * (values.ndim - 2))).expand(batch, num_anchors, *values.shape[2:])
-    return torch.gather(values, 1, index)
-
-
-def _as_index_tensor(values, name, ndim):
-    tensor = torch.as_tensor(values)
-    if tensor.ndim != ndim or tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
-        shape = "(A,)" if ndim == 1 else "(B, N)"
-        raise ValueError(f"{name}: expected a {shape} integer tensor, got shape {tuple(tensor.shape)} dtype {tensor.dtype}")
-    return tensor.long()
-
-
 def _check_matched_gt(matched_gt, num_gts):
-    tensor = _as_index_tensor(matched_gt, "matched_gt", 1)
-    bad = (tensor < IGNORE) | (tensor >= num_gts)
-    if bool(bad.any()):
-        row = _first(bad)
-        raise ValueError(
-            f"matched_gt: row {row} is {int(tensor[row])}, expected {IGNORE}, {BACKGROUND} or a GT index below {num_gts}"
-        )
-    return tensor
+    """Check (A,) integer sentinels / GT indices; ``num_gts=None`` accepts any index >= 0."""
+    indices = _as_indices(matched_gt, "matched_gt", "(A,)")
+    bad = indices < IGNORE
+    if num_gts is not None:
+        bad |= indices >= num_gts
+    if bad.any():
+        row = int(torch.nonzero(bad)[0])
+        allowed = "a GT index >= 0" if num_gts is None else f"a GT index below {num_gts}"
+        raise ValueError(f"matched_gt: row {row} is {int(indices[row])}, expected {IGNORE}, {BACKGROUND} or {allowed}")
+    return indices
 
 
-def _check_num_classes(num_classes):
-    if isinstance(num_classes, bool) or not hasattr(num_classes, "__index__") or int(num_classes) < 1:
-        raise ValueError(f"num_classes: expected a positive int, got {num_classes!r}")
-    return int(num_classes)
+def _check_labels(gt_labels, num_classes):
+    indices = _as_indices(gt_labels, "gt_labels", "(G,)")
+    bad = (indices < 0) | (indices >= num_classes)
+    if bad.any():
+        row = int(torch.nonzero(bad)[0])
+        raise ValueError(f"gt_labels: row {row} is {int(indices[row])}, expected a class in 0..{num_classes - 1}")
+    return indices
 
 
-def _check_matched_gt_batched(matched_gt, gt_valid):
-    tensor = _as_index_tensor(matched_gt, "matched_gt", 2)
-    if tensor.shape[0] != gt_valid.shape[0]:
-        raise ValueError(f"matched_gt: expected {gt_valid.shape[0]} images, got {tensor.shape[0]}")
-    num_gts = gt_valid.shape[1]
-    bad = (tensor < IGNORE) | (tensor >= num_gts)
-    if not bool(bad.any()) and num_gts > 0:
-        bad = (tensor >= 0) & ~_gather(gt_valid.to(tensor.device), tensor)
-    if bool(bad.any()):
-        row = _first(bad)
-        raise ValueError(f"matched_gt: row {row} is {int(tensor[row])}, not {IGNORE}, {BACKGROUND} or a valid GT of its image")
-    return tensor
-
-
-def _check_ignore_matched_gt(matched_gt, ndim):
-    """(A,) or (B, A) integers >= IGNORE (ignore regions read no GTs, so no upper bound)."""
-    tensor = _as_index_tensor(matched_gt, "matched_gt", ndim)
-    bad = tensor < IGNORE
-    if bool(bad.any()):
-        row = _first(bad)
-        raise ValueError(f"matched_gt: row {row} is {int(tensor[row])}, expected {IGNORE}, {BACKGROUND} or a GT index >= 0")
-    return tensor
-
-
-def _check_gt_valid(gt_valid, shape, name="gt_valid"):
-    if gt_valid is None:
-        return torch.ones(tuple(shape), dtype=torch.bool)
-    gt_valid = torch.as_tensor(gt_valid)
-    if gt_valid.dtype != torch.bool or tuple(gt_valid.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected a bool tensor of shape {tuple(shape)}, got {gt_valid.dtype} {tuple(gt_valid.shape)}")
-    return gt_valid
-
-
-def _check_scores(scores, num_anchors, batched=False):
-    scores = as_values(scores, "scores", ndim=2 if batched else 1)
-    if scores.shape[-1] != num_anchors:
-        raise ValueError(f"scores: expected {num_anchors} values per image to pair with matched_gt, got {scores.shape[-1]}")
+def _check_scores(scores, num_anchors):
+    scores = as_values(scores, "scores", ndim=1)
+    if len(scores) != num_anchors:
+        raise ValueError(f"scores: expected {num_anchors} values to pair with matched_gt, got {len(scores)}")
     bad = (scores < 0) | (scores > 1)
-    if bool(bad.any()):
-        row = _first(bad)
+    if bad.any():
+        row = int(torch.nonzero(bad)[0])
         raise ValueError(f"scores: row {row} is {float(scores[row])}, expected a value in [0, 1]")
     return scores
 
 
-def _check_centers(centers, batch_shape):
-    centers = torch.as_tensor(centers) if not isinstance(centers, torch.Tensor) else centers
-    if centers.ndim == 2:
-        centers = as_points(centers, "centers")[None].expand(batch_shape[0], -1, -1)
-    else:
-        flat = as_points(centers.reshape(-1, 2), "centers")
-        centers = flat.reshape(centers.shape)
-    if tuple(centers.shape) != (*batch_shape, 2):
-        raise ValueError(f"centers: expected shape (A, 2) or (B, A, 2) with A = {batch_shape[1]}, got {tuple(centers.shape)}")
-    return centers
-
-
-def _first(mask):
-    index = torch.nonzero(mask)[0].tolist()
-    return index[0] if len(index) == 1 else tuple(index)
+def _as_indices(values, name, shape):
+    """``values`` as a 1-d int64 tensor (``shape`` names it in the error message)."""
+    tensor = torch.as_tensor(values)
+    if tensor.ndim != 1 or tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
+        raise ValueError(
+            f"{name}: expected a {shape} integer tensor, got shape {tuple(tensor.shape)} dtype {tensor.dtype}"
+        )
+    return tensor.long()

@@ -16,20 +16,19 @@ interruption), ``epoch_XXX.pth`` (one per epoch) and ``metrics.json`` (final COC
 import argparse
 import json
 import math
-import os
-import random
 import signal
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from detector import configs, engine
+from detector import configs, engine, runtime
 from detector.checkpoint import LAST, load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from detector.data.loaders import build_datasets, iterations_per_epoch, train_loader, val_loader
 from detector.evaluation import write_metrics_json
 from detector.modeling import Detector
 
@@ -41,32 +40,35 @@ class NonFiniteLossError(RuntimeError):
     """Raised after ``solver.max_bad_steps`` consecutive steps with a non-finite loss."""
 
 
-def seed_everything(seed):
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def select_device(config):
-    if config.device != "auto":
-        return torch.device(config.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def setup_distributed(device):
-    """Initialise torch.distributed under torchrun (WORLD_SIZE > 1); a no-op otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-
-
 def default_run_dir(config):
     return Path(config.output_dir) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass
+class Run:
+    """What a training run holds, built once by ``_setup``."""
+
+    config: object
+    run_dir: Path
+    device: torch.device
+    is_main: bool
+    data: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    iters_per_epoch: int
+    max_iterations: int
+
+
+@dataclass
+class Position:
+    """Where a run is: ``epoch`` (0-based) and ``batch`` in it, ``iteration`` overall, and
+    the number of skipped (non-finite) steps so far. Checkpointed; resumed exactly."""
+
+    epoch: int = 0
+    batch: int = 0
+    iteration: int = 0
+    bad_total: int = 0
 
 
 def train(config, run_dir=None, *, resume=False, progress=True, stop_after=None, evaluate_at_end=True):
@@ -81,127 +83,156 @@ def train(config, run_dir=None, *, resume=False, progress=True, stop_after=None,
             many iterations in total have run; for tests and time-boxed runs.
         evaluate_at_end: run the COCO evaluation on the val split after the last epoch.
     """
-    device = select_device(config)
-    setup_distributed(device)
-    is_main = engine.rank() == 0
+    run = _setup(config, run_dir)
+    position = _resume(run) if resume else _start(run)
+    if run.is_main:
+        print(f"run directory: {run.run_dir}\nconfig: {config.name} ({config.description})\n"
+              f"device: {run.device}, processes: {runtime.world_size()}, train images: {len(run.data.train)}, "
+              f"iterations: {run.max_iterations} ({run.iters_per_epoch} per epoch)", flush=True)
+    if not _train_epochs(run, position, progress=progress, stop_after=stop_after):
+        return None
+    return _final_evaluation(run) if evaluate_at_end else None
+
+
+def _setup(config, run_dir):
+    """Device, processes, threads, seeds, data, model, optimiser and schedule of a run."""
+    device = runtime.select_device(config.device)
+    runtime.setup_distributed(device)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    torch.set_num_threads(config.threads if config.threads > 0 else max(1, os.cpu_count() or 1))
-    seed_everything(config.seed + engine.rank())
-
-    data = engine.build_datasets(config)
-    model = Detector(config, data.num_classes).to(device)
-    if engine.world_size() > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    runtime.set_threads(config.threads)
+    runtime.seed_everything(config.seed + runtime.rank())
+    data = build_datasets(config)
+    model = runtime.wrap_model(Detector(config, data.num_classes).to(device), device)
     optimizer = engine.build_optimizer(config, model)
-    iters_per_epoch = engine.iterations_per_epoch(config, len(data.train))
-    max_iterations = iters_per_epoch * config.solver.epochs
+    iters_per_epoch = iterations_per_epoch(config, len(data.train))
     scheduler = engine.build_scheduler(config, optimizer, iters_per_epoch)
+    return Run(config, run_dir, device, runtime.rank() == 0, data, model, optimizer, scheduler, iters_per_epoch,
+               iters_per_epoch * config.solver.epochs)
 
-    epoch, start_batch, iteration, bad_total = 0, 0, 0, 0
-    if resume:
-        state = load_checkpoint(run_dir / LAST, map_location=device)
-        saved = configs.from_dict(state["config"])
-        if saved != config:
-            raise ValueError(f"{run_dir / LAST}: the checkpoint's config differs from the requested one; "
-                             "resume with `python -m detector.train --resume RUN_DIR` only")
-        _module(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        epoch, start_batch, iteration = state["epoch"], state["batch_in_epoch"], state["iteration"]
-        bad_total = state.get("bad_steps_total", 0)
-        set_rng_states(state["rng"][engine.rank()] if engine.rank() < len(state["rng"]) else state["rng"][0])
-        if is_main:
-            _truncate_log(run_dir / LOG_FILE, iteration)
-            print(f"resuming {run_dir} at epoch {epoch + 1}, batch {start_batch}, iteration {iteration}", flush=True)
-    elif is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(configs.to_dict(config), indent=2) + "\n")
-        (run_dir / LOG_FILE).write_text("")
-    if is_main:
-        print(f"run directory: {run_dir}\nconfig: {config.name} ({config.description})\n"
-              f"device: {device}, processes: {engine.world_size()}, train images: {len(data.train)}, "
-              f"iterations: {max_iterations} ({iters_per_epoch} per epoch)", flush=True)
 
+def _start(run):
+    """A new run: its directory, ``config.json`` and an empty log (rank 0)."""
+    if run.is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "config.json").write_text(json.dumps(configs.to_dict(run.config), indent=2) + "\n")
+        (run.run_dir / LOG_FILE).write_text("")
+    return Position()
+
+
+def _resume(run):
+    """Load ``last.pth`` into the run (weights, optimiser, schedule, RNG states); drop the
+    log records written after it; return its position."""
+    path = run.run_dir / LAST
+    state = load_checkpoint(path, map_location=run.device)
+    if configs.from_dict(state["config"]) != run.config:
+        raise ValueError(f"{path}: the checkpoint's config differs from the requested one; "
+                         "resume with `python -m detector.train --resume RUN_DIR` only")
+    runtime.unwrap_model(run.model).load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    position = Position(state["epoch"], state["batch_in_epoch"], state["iteration"], state.get("bad_steps_total", 0))
+    rank = runtime.rank()
+    set_rng_states(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+    if run.is_main:
+        _truncate_log(run.run_dir / LOG_FILE, position.iteration)
+        print(f"resuming {run.run_dir} at epoch {position.epoch + 1}, batch {position.batch}, "
+              f"iteration {position.iteration}", flush=True)
+    return position
+
+
+def _train_epochs(run, position, *, progress, stop_after):
+    """The optimisation loop from ``position`` to the end of the schedule.
+
+    Returns:
+        True when every epoch ran; False when it stopped early (an interruption or
+        ``stop_after``), after writing a checkpoint of the position reached.
+    """
+    config = run.config
     interrupted = _InterruptFlag()
-    bar = _progress_bar(max_iterations, iteration, enabled=progress and is_main)
+    bar = _progress_bar(run.max_iterations, position.iteration, enabled=progress and run.is_main)
     throughput = engine.Throughput()
     consecutive_bad = 0
-    model.train()
-    log = open(run_dir / LOG_FILE, "a", encoding="utf-8") if is_main else None
+    run.model.train()
+    log = open(run.run_dir / LOG_FILE, "a", encoding="utf-8") if run.is_main else None
     try:
-        while epoch < config.solver.epochs:
-            loader = engine.train_loader(config, data.train, epoch=epoch, start_batch=start_batch)
-            batch_in_epoch = start_batch
+        while position.epoch < config.solver.epochs:
+            loader = train_loader(config, run.data.train, epoch=position.epoch, start_batch=position.batch)
             stop = False
             tick = time.perf_counter()
             for batch in loader:
                 data_time = time.perf_counter() - tick
-                result = engine.train_step(model, batch, config, optimizer, device,
-                                           iteration=iteration, max_iterations=max_iterations)
-                lr = optimizer.param_groups[0]["lr"]
+                result = engine.train_step(run.model, batch, config, run.optimizer, run.device,
+                                           iteration=position.iteration, max_iterations=run.max_iterations)
+                lr = run.optimizer.param_groups[0]["lr"]
                 with warnings.catch_warnings():  # a skipped step has no optimizer.step(); the schedule still advances
                     warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
-                    scheduler.step()
-                iteration += 1
-                batch_in_epoch += 1
+                    run.scheduler.step()
+                position.iteration += 1
+                position.batch += 1
                 elapsed = time.perf_counter() - tick
-                images = len(batch.image_sizes) * engine.world_size()
-                throughput.update(images, elapsed)
-                if result.skipped:
-                    consecutive_bad += 1
-                    bad_total += 1
-                else:
-                    consecutive_bad = 0
-                if log is not None and (iteration % config.log_every == 0 or result.skipped):
-                    record = {"iteration": iteration, "epoch": epoch + 1, "lr": lr, **result.terms,
-                              "box_loss_pos": result.box_loss_pos, "num_pos": result.num_pos,
-                              "num_pos_per_image": result.num_pos / max(1, len(batch.image_sizes)),
-                              "grad_norm": result.grad_norm, "skipped": result.skipped, "bad_steps_total": bad_total,
-                              "time": elapsed, "data_time": data_time, "images_per_s": throughput.rate}
-                    log.write(json.dumps(_json_safe(record)) + "\n")
+                throughput.update(len(batch.image_sizes) * runtime.world_size(), elapsed)
+                consecutive_bad = consecutive_bad + 1 if result.skipped else 0
+                position.bad_total += int(result.skipped)
+                if log is not None and (position.iteration % config.log_every == 0 or result.skipped):
+                    record = _log_record(position, result, lr, len(batch.image_sizes), elapsed, data_time, throughput.rate)
+                    log.write(json.dumps(record) + "\n")
                     log.flush()
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix_str(_postfix(result, lr, throughput.rate, len(batch.image_sizes), bad_total), refresh=False)
+                    bar.set_postfix_str(_postfix(result, lr, throughput.rate, len(batch.image_sizes), position.bad_total),
+                                        refresh=False)
                 if consecutive_bad >= config.solver.max_bad_steps:
                     raise NonFiniteLossError(
                         f"{consecutive_bad} consecutive steps had a non-finite loss or gradient (last at iteration "
-                        f"{iteration}, terms {result.terms}); aborting. Lower solver.lr, set solver.grad_clip_norm, "
-                        f"or check the data. The last good checkpoint is {run_dir / LAST}.")
-                stop = interrupted.flag or (stop_after is not None and iteration >= stop_after)
-                if stop and batch_in_epoch < iters_per_epoch:
+                        f"{position.iteration}, terms {result.terms}); aborting. Lower solver.lr, set "
+                        f"solver.grad_clip_norm, or check the data. The last good checkpoint is {run.run_dir / LAST}.")
+                stop = interrupted.flag or (stop_after is not None and position.iteration >= stop_after)
+                if stop and position.batch < run.iters_per_epoch:
                     break
                 tick = time.perf_counter()
             else:  # the epoch is complete
-                epoch, start_batch = epoch + 1, 0
-                _save(run_dir, model, optimizer, scheduler, config, epoch, 0, iteration, bad_total, is_main, per_epoch=True)
-                if not stop or epoch >= config.solver.epochs:
+                position.epoch, position.batch = position.epoch + 1, 0
+                _save(run, position, per_epoch=True)
+                if not stop or position.epoch >= config.solver.epochs:
                     continue
-            if batch_in_epoch < iters_per_epoch:  # stopped mid-epoch: checkpoint the position in the epoch
-                _save(run_dir, model, optimizer, scheduler, config, epoch, batch_in_epoch, iteration, bad_total, is_main)
+            if position.batch < run.iters_per_epoch:  # stopped mid-epoch: checkpoint the position in the epoch
+                _save(run, position)
             if bar is not None:
                 bar.close()
-            if is_main:
-                print(f"stopped at iteration {iteration}; checkpoint {run_dir / LAST}; "
-                      f"continue with: python -m detector.train --resume {run_dir}", flush=True)
-            return None
+            if run.is_main:
+                print(f"stopped at iteration {position.iteration}; checkpoint {run.run_dir / LAST}; "
+                      f"continue with: python -m detector.train --resume {run.run_dir}", flush=True)
+            return False
     finally:
         if log is not None:
             log.close()
         interrupted.restore()
     if bar is not None:
         bar.close()
+    return True
 
-    metrics = None
-    if evaluate_at_end:
-        loader = engine.val_loader(config, data.val)
-        if is_main:
-            print(f"evaluating on {len(data.val)} val images ...", flush=True)
-        metrics = engine.evaluate(model, loader, config, device, data.val_annotations, data.category_ids, verbose=is_main)
-        if is_main:
-            write_metrics_json(metrics, run_dir / METRICS_FILE)
-            print(format_metrics(metrics))
-            print(f"metrics written to {run_dir / METRICS_FILE}", flush=True)
+
+def _log_record(position, result, lr, batch_size, elapsed, data_time, images_per_s):
+    """One ``log.jsonl`` record (non-finite floats as null)."""
+    record = {"iteration": position.iteration, "epoch": position.epoch + 1, "lr": lr, **result.terms,
+              "box_loss_pos": result.box_loss_pos, "num_pos": result.num_pos,
+              "num_pos_per_image": result.num_pos / max(1, batch_size),
+              "grad_norm": result.grad_norm, "skipped": result.skipped, "bad_steps_total": position.bad_total,
+              "time": elapsed, "data_time": data_time, "images_per_s": images_per_s, **result.diagnostics}
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def _final_evaluation(run):
+    """COCO metrics of the trained model on the val split; written to ``metrics.json``."""
+    loader = val_loader(run.config, run.data.val)
+    if run.is_main:
+        print(f"evaluating on {len(run.data.val)} val images ...", flush=True)
+    metrics = engine.evaluate(run.model, loader, run.device, run.data.val_annotations, run.data.category_ids,
+                              verbose=run.is_main)
+    if run.is_main:
+        write_metrics_json(metrics, run.run_dir / METRICS_FILE)
+        print(format_metrics(metrics))
+        print(f"metrics written to {run.run_dir / METRICS_FILE}", flush=True)
     return metrics
 
 
@@ -210,27 +241,25 @@ def format_metrics(metrics):
     return "  ".join(f"{k} {'  n/a' if v is None or math.isnan(v) else f'{100 * v:5.2f}'}" for k, v in metrics.items())
 
 
-def _module(model):
-    return model.module if hasattr(model, "module") else model
-
-
-def _save(run_dir, model, optimizer, scheduler, config, epoch, batch_in_epoch, iteration, bad_total, is_main, per_epoch=False):
+def _save(run, position, per_epoch=False):
     """Checkpoint (atomic) on rank 0 with every process's RNG states."""
     states = [rng_states()]
-    if engine.world_size() > 1:
-        gathered = [None] * engine.world_size()
+    if runtime.world_size() > 1:
+        gathered = [None] * runtime.world_size()
         dist.all_gather_object(gathered, states[0])
         states = gathered
-    if not is_main:
+    if not run.is_main:
         return
+    module = runtime.unwrap_model(run.model)
     state = {
-        "model": _module(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "epoch": epoch, "batch_in_epoch": batch_in_epoch, "iteration": iteration, "bad_steps_total": bad_total,
-        "config": configs.to_dict(config), "rng": states, "num_classes": _module(model).num_classes,
+        "model": module.state_dict(), "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "epoch": position.epoch, "batch_in_epoch": position.batch, "iteration": position.iteration,
+        "bad_steps_total": position.bad_total, "config": configs.to_dict(run.config), "rng": states,
+        "num_classes": module.num_classes,
     }
-    save_checkpoint(state, run_dir / LAST)
+    save_checkpoint(state, run.run_dir / LAST)
     if per_epoch:
-        save_checkpoint(state, run_dir / f"epoch_{epoch:03d}.pth")
+        save_checkpoint(state, run.run_dir / f"epoch_{position.epoch:03d}.pth")
 
 
 def _truncate_log(path, iteration):
@@ -240,10 +269,6 @@ def _truncate_log(path, iteration):
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line)["iteration"] <= iteration]
     path.write_text("".join(line + "\n" for line in kept))
-
-
-def _json_safe(record):
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
 
 def _postfix(result, lr, rate, batch_size, bad_total):
@@ -335,8 +360,7 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        runtime.teardown_distributed()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@ and the first bad row. Tensors keep their floating dtype (float32 or float64); h
 bfloat16 are up-cast to float32; integers become the default float dtype. Each check
 costs one device synchronisation.
 """
+import math
+import numbers
+
+import numpy as np
 import torch
 
 
@@ -73,6 +77,35 @@ def check_level_counts(num_per_level, total, name):
     return counts
 
 
+def as_pred_boxes(boxes, name, shape):
+    """Check and convert predicted boxes, which may hold non-finite rows.
+
+    Args:
+        boxes: xyxy decoded predictions of shape ``shape``; a tensor or array-like of a
+            real integer or floating dtype.
+        name: the argument name used in error messages.
+        shape: the expected shape, ``(A, 4)`` or ``(B, A, 4)``.
+
+    Returns:
+        float tensor of ``boxes`` (see module docstring for the dtype rule). Rows with a NaN
+        or Inf stay (a diverged prediction; each caller says what such a row produces).
+
+    Raises:
+        ValueError: wrong shape or dtype; a finite row with x2 < x1 or y2 < y1 (names the
+            first such row).
+    """
+    tensor = _as_real_tensor(boxes, name)
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)} (one box per anchor), got {tuple(tensor.shape)}")
+    inverted = (tensor[..., 2] < tensor[..., 0]) | (tensor[..., 3] < tensor[..., 1])
+    if bool(inverted.any()):
+        inverted &= torch.isfinite(tensor).all(dim=-1)
+        if bool(inverted.any()):
+            row = _first_row(inverted)
+            raise ValueError(f"{name}: row {row} has x2 < x1 or y2 < y1: {tensor[row].tolist()}")
+    return tensor
+
+
 def _as_real_tensor(values, name):
     tensor = values if isinstance(values, torch.Tensor) else torch.as_tensor(_to_array(values, name))
     if tensor.dtype == torch.bool or tensor.is_complex():
@@ -85,8 +118,6 @@ def _as_real_tensor(values, name):
 
 
 def _to_array(values, name):
-    import numpy as np
-
     array = np.asarray(values)
     if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise ValueError(f"{name}: expected a real integer or floating dtype, got {array.dtype}")
@@ -106,3 +137,97 @@ def _first_row(mask):
     """Index of the first True row of a (N,) or (B, N) mask: an int or a (b, n) tuple."""
     index = torch.nonzero(mask)[0].tolist()
     return index[0] if len(index) == 1 else tuple(index)
+
+
+# ---------------------------------------------------------------------------------------
+# assigner options (specs/atss.md, specs/dynamic_atss.md, specs/max_iou.md,
+# specs/anchor_free.md)
+
+
+def check_topk(topk):
+    """``topk`` must be an int >= 1 (bools are rejected)."""
+    if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or topk < 1:
+        raise ValueError(f"topk: expected an int >= 1, got {topk!r}")
+    return int(topk)
+
+
+def check_number(value, name, minimum=None, strict=False):
+    """``value`` must be a finite real number (bools are rejected), and ``>= minimum`` when a
+    minimum is given (``> minimum`` when ``strict``). Returns it as a float."""
+    bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number{bound}, got {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name}: expected a finite number{bound}, got {value!r}")
+    return float(value)
+
+
+def check_bool(value, name):
+    """``value`` must be a bool (NumPy's included). Returns it as a bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}: expected a bool, got {value!r}")
+    return bool(value)
+
+
+def check_max_elements(max_elements):
+    """``max_elements`` (the memory bound of a batched assigner; no reference twin) must be
+    an int >= 1 (bools are rejected)."""
+    if isinstance(max_elements, bool) or not isinstance(max_elements, numbers.Integral) or max_elements < 1:
+        raise ValueError(f"max_elements: expected an int >= 1, got {max_elements!r}")
+    return int(max_elements)
+
+
+# ---------------------------------------------------------------------------------------
+# losses and targets: values of any shape and scalar options (specs/losses.md §1-§4, §7;
+# specs/targets.md §2)
+
+
+def as_finite(values, name):
+    """Check and convert values of any shape (logits, loss targets) -> float tensor.
+
+    The dtype rule is that of the module docstring. One reduction in the common case: a
+    finite sum proves every element finite.
+
+    Raises:
+        ValueError: a bool or complex dtype; a NaN or Inf element (names its index).
+    """
+    tensor = torch.as_tensor(values)
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise ValueError(f"{name}: expected a real integer or floating dtype, got {tensor.dtype}")
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        tensor = tensor.float()
+    elif not tensor.is_floating_point():
+        tensor = tensor.to(torch.get_default_dtype())
+    # fast path: one reduction; a finite sum proves every element finite
+    if tensor.numel() and bool(torch.isfinite(tensor.sum())):
+        return tensor
+    bad = ~torch.isfinite(tensor)
+    if bool(bad.any()):
+        index = tuple(torch.nonzero(bad)[0].tolist())
+        raise ValueError(f"{name}: element {index} is NaN or Inf")
+    return tensor
+
+
+def check_exponent(value, name):
+    """Check a loss exponent or negative weight (``gamma``, ``beta``, VFL's ``alpha``): a finite number >= 0."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and 0 <= value < float("inf")):
+        raise ValueError(f"{name}: expected a finite value >= 0, got {value!r}")
+
+
+def check_unit(value, name):
+    """Check a weight in [0, 1] (the focal loss ``alpha``; its caller handles None)."""
+    if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+        raise ValueError(f"{name}: expected a value in [0, 1] or None, got {value!r}")
+
+
+def check_choice(value, choices, name):
+    """Check that ``value`` is one of ``choices`` (e.g. ``losses.CLS_LOSSES``)."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+
+
+def check_num_classes(num_classes):
+    """Check the number of classes K: a positive int, not a bool. Returns it as an int."""
+    if isinstance(num_classes, bool) or not hasattr(num_classes, "__index__") or int(num_classes) < 1:
+        raise ValueError(f"num_classes: expected a positive int, got {num_classes!r}")
+    return int(num_classes)

@@ -16,7 +16,7 @@ def box_area(boxes):
         boxes: (N, 4) xyxy.
 
     Returns:
-        (N,) float64, ``(x2 - x1) * (y2 - y1)``; 0 for zero-area boxes.
+        (N,) ``(x2 - x1) * (y2 - y1)``; 0 for zero-area boxes.
     """
     boxes = as_boxes(boxes, "boxes")
     return _area(boxes)
@@ -29,7 +29,7 @@ def box_centers(boxes):
         boxes: (N, 4) xyxy.
 
     Returns:
-        (N, 2) float64 ``((x1 + x2) / 2, (y1 + y2) / 2)``.
+        (N, 2) ``((x1 + x2) / 2, (y1 + y2) / 2)``.
     """
     boxes = as_boxes(boxes, "boxes")
     return _centers(boxes)
@@ -43,14 +43,14 @@ def box_iou(boxes1, boxes2):
         boxes2: (A, 4) xyxy, e.g. anchors.
 
     Returns:
-        (G, A) float64 in [0, 1]; 0 where the union is 0 (two zero-area boxes).
+        (G, A) in [0, 1]; 0 where the union is 0 (two zero-area boxes).
     """
     boxes1 = as_boxes(boxes1, "boxes1")
     boxes2 = as_boxes(boxes2, "boxes2")
     iou = np.zeros((len(boxes1), len(boxes2)))
     for g in range(len(boxes1)):
         inter, union = _inter_union(boxes1[g], boxes2)
-        iou[g] = _safe_divide(inter, union)
+        iou[g] = safe_divide(inter, union)
     return iou
 
 
@@ -64,7 +64,7 @@ def box_giou(boxes1, boxes2):
         boxes2: (A, 4) xyxy.
 
     Returns:
-        (G, A) float64 in [-1, 1]; where |E| = 0 (both boxes the same point or
+        (G, A) in [-1, 1]; where |E| = 0 (both boxes the same point or
         collinear degenerate boxes) the enclosure term is 0, so GIoU = IoU = 0.
     """
     boxes1 = as_boxes(boxes1, "boxes1")
@@ -86,7 +86,7 @@ def box_iof(regions, boxes):
         boxes: (A, 4) xyxy.
 
     Returns:
-        (G, A) float64 in [0, 1]; 0 where the box has zero area.
+        (G, A) in [0, 1]; 0 where the box has zero area.
     """
     regions = as_boxes(regions, "regions")
     boxes = as_boxes(boxes, "boxes")
@@ -94,7 +94,7 @@ def box_iof(regions, boxes):
     area = _area(boxes)
     for g in range(len(regions)):
         inter, _ = _inter_union(regions[g], boxes)
-        iof[g] = _safe_divide(inter, area)
+        iof[g] = safe_divide(inter, area)
     return iof
 
 
@@ -106,13 +106,13 @@ def aligned_box_iou(boxes1, boxes2):
         boxes2: (N, 4) xyxy.
 
     Returns:
-        (N,) float64: IoU(boxes1[i], boxes2[i]); 0 where the union is 0.
+        (N,) IoU(boxes1[i], boxes2[i]); 0 where the union is 0.
     """
     boxes1, boxes2 = _aligned_pair(boxes1, boxes2)
     iou = np.zeros(len(boxes1))
     for i in range(len(boxes1)):
         inter, union = _inter_union(boxes1[i], boxes2[i : i + 1])
-        iou[i] = _safe_divide(inter, union)[0]
+        iou[i] = safe_divide(inter, union)[0]
     return iou
 
 
@@ -120,7 +120,7 @@ def aligned_box_giou(boxes1, boxes2):
     """GIoU of row-aligned pairs (specs/boxes.md §5).
 
     Returns:
-        (N,) float64: GIoU(boxes1[i], boxes2[i]).
+        (N,) GIoU(boxes1[i], boxes2[i]).
     """
     boxes1, boxes2 = _aligned_pair(boxes1, boxes2)
     giou = np.zeros(len(boxes1))
@@ -137,7 +137,7 @@ def center_distances(boxes, points):
         points: (A, 2) (x, y), e.g. anchor centres.
 
     Returns:
-        (G, A) float64 >= 0.
+        (G, A) >= 0.
     """
     boxes = as_boxes(boxes, "boxes")
     points = as_points(points, "points")
@@ -158,7 +158,7 @@ def ltrb_distances(points, boxes):
         boxes: (G, 4) xyxy.
 
     Returns:
-        (G, A, 4) float64 ``(l, t, r, b) = (x - x1, y - y1, x2 - x, y2 - y)``; negative
+        (G, A, 4) ``(l, t, r, b) = (x - x1, y - y1, x2 - x, y2 - y)``; negative
         where the point is outside that side.
     """
     points = as_points(points, "points")
@@ -187,16 +187,37 @@ def points_inside_boxes(points, boxes, eps):
     return ltrb_distances(points, boxes).min(axis=2, initial=np.inf) > eps
 
 
+def safe_divide(numerator, denominator, where=None):
+    """``numerator / denominator`` where ``where`` holds, 0 elsewhere (specs/boxes.md §9).
+
+    The one zero-safe division of the tree (specs/conventions.md §7): it never divides where
+    ``where`` is False, so it never warns and never returns NaN there.
+
+    Args:
+        numerator, denominator: broadcastable values.
+        where: bool mask broadcastable to their shape; ``None`` means ``denominator > 0``
+            (a zero or negative denominator gives 0).
+
+    Returns:
+        the quotients, in the broadcast shape of ``numerator`` and ``denominator``.
+    """
+    if where is None:
+        where = denominator > 0
+    out = np.zeros(np.broadcast(numerator, denominator).shape)
+    np.divide(numerator, denominator, out=out, where=where)
+    return out
+
+
 # ---------------------------------------------------------------------------------------
-# helpers on validated float64 arrays
+# helpers on validated float64 arrays; they broadcast over leading dimensions
 
 
 def _area(boxes):
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
 def _centers(boxes):
-    return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
+    return np.stack([(boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2], axis=-1)
 
 
 def _inter_union(box, boxes):
@@ -210,18 +231,11 @@ def _inter_union(box, boxes):
 
 def _giou_one_to_many(box, boxes):
     inter, union = _inter_union(box, boxes)
-    iou = _safe_divide(inter, union)
+    iou = safe_divide(inter, union)
     enclose_w = np.maximum(box[2], boxes[:, 2]) - np.minimum(box[0], boxes[:, 0])
     enclose_h = np.maximum(box[3], boxes[:, 3]) - np.minimum(box[1], boxes[:, 1])
     enclose = enclose_w * enclose_h
-    return iou - _safe_divide(enclose - union, enclose)
-
-
-def _safe_divide(numerator, denominator):
-    """numerator / denominator, and 0 where the denominator is 0 (specs/conventions.md §7)."""
-    out = np.zeros(np.broadcast(numerator, denominator).shape)
-    np.divide(numerator, denominator, out=out, where=denominator > 0)
-    return out
+    return iou - safe_divide(enclose - union, enclose)
 
 
 def _aligned_pair(boxes1, boxes2):

@@ -8,7 +8,7 @@ import numpy as np
 
 from reference.boxes import aligned_box_giou, aligned_box_iou
 from reference.targets import box_targets, centerness_targets, class_targets, iou_targets
-from reference.validation import as_boxes, as_points, as_values
+from reference.validation import as_boxes, as_finite, as_points, as_values, check_choice, check_exponent, check_unit
 
 #: Focal loss defaults (RetinaNet / ATSS).
 FOCAL_ALPHA = 0.25
@@ -65,12 +65,12 @@ def sigmoid_focal_loss(logits, targets, alpha=FOCAL_ALPHA, gamma=FOCAL_GAMMA):
         float64 array of that shape, >= 0.
     """
     logits, targets = _logits_and_targets(logits, targets)
-    _check_exponent(gamma, "gamma")
+    check_exponent(gamma, "gamma")
     prob = _sigmoid(logits)
     p_t = prob * targets + (1.0 - prob) * (1.0 - targets)
     loss = _bce(logits, targets) * (1.0 - p_t) ** gamma
     if alpha is not None:
-        _check_unit(alpha, "alpha")
+        check_unit(alpha, "alpha")
         loss = loss * (alpha * targets + (1.0 - alpha) * (1.0 - targets))
     return loss
 
@@ -91,7 +91,7 @@ def quality_focal_loss(logits, targets, beta=QFL_BETA):
         float64 array of that shape, >= 0.
     """
     logits, targets = _logits_and_targets(logits, targets)
-    _check_exponent(beta, "beta")
+    check_exponent(beta, "beta")
     return np.abs(targets - _sigmoid(logits)) ** beta * _bce(logits, targets)
 
 
@@ -113,8 +113,8 @@ def varifocal_loss(logits, targets, alpha=VFL_ALPHA, gamma=VFL_GAMMA, iou_weight
         float64 array of that shape, >= 0.
     """
     logits, targets = _logits_and_targets(logits, targets)
-    _check_exponent(gamma, "gamma")
-    _check_exponent(alpha, "alpha")
+    check_exponent(gamma, "gamma")
+    check_exponent(alpha, "alpha")
     positive_weight = targets if iou_weighted else np.ones_like(targets)
     weight = np.where(targets > 0, positive_weight, alpha * _sigmoid(logits) ** gamma)
     return weight * _bce(logits, targets)
@@ -228,9 +228,9 @@ def loss_sums(
         ``box_weight`` (sum of weights); ``box_plain`` (sum of box losses); and ``quality``
         (sum of BCE over positives) unless ``quality == "none"``.
     """
-    _check_choice(cls_loss, CLS_LOSSES, "cls_loss")
-    _check_choice(box_loss, BOX_LOSSES, "box_loss")
-    _check_choice(quality, QUALITY_BRANCHES, "quality")
+    check_choice(cls_loss, CLS_LOSSES, "cls_loss")
+    check_choice(box_loss, BOX_LOSSES, "box_loss")
+    check_choice(quality, QUALITY_BRANCHES, "quality")
     cls_logits = as_values(cls_logits, "cls_logits", ndim=2)
     num_anchors, num_classes = cls_logits.shape
     pred_boxes = as_boxes(pred_boxes, "pred_boxes")
@@ -320,29 +320,18 @@ def reduce_loss_sums(sums, box_loss_weight=BOX_LOSS_WEIGHT):
     return terms
 
 
-def detection_losses(
-    cls_logits,
-    pred_boxes,
-    quality_logits,
-    centers,
-    matched_gt,
-    gt_boxes,
-    gt_labels,
-    cls_loss="focal",
-    box_loss="giou",
-    quality="centerness",
-    box_loss_weight=BOX_LOSS_WEIGHT,
-):
+def detection_losses(*args, box_loss_weight=BOX_LOSS_WEIGHT, **kwargs):
     """The loss step of one image: :func:`loss_sums` then :func:`reduce_loss_sums` (specs/losses.md §7).
+
+    Args:
+        *args, **kwargs: the arguments of :func:`loss_sums`, by position or by name.
+        box_loss_weight: multiplier of the box term, as in :func:`reduce_loss_sums`.
 
     Returns:
         dict of floats ``loss_cls``, ``loss_box`` and (unless ``quality == "none"``)
         ``loss_quality``; the training objective is their sum.
     """
-    sums = loss_sums(
-        cls_logits, pred_boxes, quality_logits, centers, matched_gt, gt_boxes, gt_labels, cls_loss, box_loss, quality
-    )
-    return reduce_loss_sums(sums, box_loss_weight)
+    return reduce_loss_sums(loss_sums(*args, **kwargs), box_loss_weight)
 
 
 # ---------------------------------------------------------------------------------------
@@ -367,21 +356,9 @@ def _weighted_mean_of_sums(weighted, weight, plain, count):
     return 0.0
 
 
-def _as_finite(values, name):
-    array = np.asarray(values)
-    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise ValueError(f"{name}: expected a real integer or floating dtype, got {array.dtype}")
-    array = array.astype(np.float64)
-    bad = ~np.isfinite(array)
-    if bad.any():
-        index = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{name}: element {index} is NaN or Inf")
-    return array
-
-
 def _logits_and_targets(logits, targets):
-    logits = _as_finite(logits, "logits")
-    targets = _as_finite(targets, "targets")
+    logits = as_finite(logits, "logits")
+    targets = as_finite(targets, "targets")
     if logits.shape != targets.shape:
         raise ValueError(f"targets: expected shape {logits.shape} to match logits, got {targets.shape}")
     bad = (targets < 0) | (targets > 1)
@@ -389,21 +366,6 @@ def _logits_and_targets(logits, targets):
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"targets: element {index} is {targets[index]}, expected a value in [0, 1]")
     return logits, targets
-
-
-def _check_exponent(value, name):
-    if not (isinstance(value, (int, float, np.floating, np.integer)) and np.isfinite(value) and value >= 0):
-        raise ValueError(f"{name}: expected a finite value >= 0, got {value!r}")
-
-
-def _check_unit(value, name):
-    if not (isinstance(value, (int, float, np.floating, np.integer)) and 0 <= value <= 1):
-        raise ValueError(f"{name}: expected a value in [0, 1] or None, got {value!r}")
-
-
-def _check_choice(value, choices, name):
-    if value not in choices:
-        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
 
 
 def _check_rows(array, count, name):

@@ -9,7 +9,7 @@ Three forms of one quantity, the IoU of a GT with the GT-sized box centred on a 
 """
 import numpy as np
 
-from reference.boxes import aligned_box_iou
+from reference.boxes import aligned_box_iou, safe_divide
 from reference.validation import as_boxes, as_points, as_values
 
 
@@ -21,7 +21,7 @@ def pseudo_iou_algorithm1(ltrb):
             bottom sides of its GT (negative where the point is outside that side).
 
     Returns:
-        (...) float64. In (1/7, 1] where min(l, t, r, b) > 0; equal to the explicit IoU
+        (...) values in (1/7, 1] where min(l, t, r, b) > 0; equal to the explicit IoU
         wherever |dx| <= w and |dy| <= h; outside that region a negative or spurious
         value (specs/pseudo_iou.md §2); 0 where the union is 0. Never NaN.
     """
@@ -42,10 +42,11 @@ def _pseudo_iou_algorithm1(ltrb):
     r_i = np.minimum(r_a, r)
     t_i = np.minimum(t_a, t)
     b_i = np.minimum(b_a, b)
-    # Steps 3-5: intersection, union, ratio (0 where the union is 0).
+    # Steps 3-5: intersection, union, ratio (0 where the union is 0; a negative union, which
+    # only distances from outside the GT give, is divided: specs/pseudo_iou.md §2).
     area_i = (l_i + r_i) * (t_i + b_i)
     union = area_a + area_b - area_i
-    return _divide_or_zero(area_i, union)
+    return safe_divide(area_i, union, where=union != 0)
 
 
 def pseudo_iou_explicit(points, gt_boxes):
@@ -56,7 +57,7 @@ def pseudo_iou_explicit(points, gt_boxes):
         gt_boxes: (G, 4) xyxy.
 
     Returns:
-        (G, A) float64 in [0, 1]; 0 for zero-area GTs.
+        (G, A) in [0, 1]; 0 for zero-area GTs.
     """
     points = as_points(points, "points")
     gt_boxes = as_boxes(gt_boxes, "gt_boxes")
@@ -81,7 +82,7 @@ def pseudo_iou(points, gt_boxes):
         gt_boxes: (G, 4) xyxy.
 
     Returns:
-        (G, A) float64 in [0, 1]: equal to ``pseudo_iou_explicit`` everywhere; 0 for
+        (G, A) in [0, 1]: equal to ``pseudo_iou_explicit`` everywhere; 0 for
         zero-area GTs.
     """
     points = as_points(points, "points")
@@ -96,10 +97,3 @@ def pseudo_iou(points, gt_boxes):
         a = np.maximum(0.0, 1 - dx / w) * np.maximum(0.0, 1 - dy / h)
         values[g] = a / (2 - a)
     return values
-
-
-def _divide_or_zero(numerator, denominator):
-    """numerator / denominator, 0 where the denominator is 0 (specs/conventions.md §7)."""
-    out = np.zeros(np.broadcast(numerator, denominator).shape)
-    np.divide(numerator, denominator, out=out, where=denominator != 0)
-    return out

@@ -9,7 +9,7 @@ import numpy as np
 
 from reference.boxes import aligned_box_iou, points_inside_boxes
 from reference.conventions import BACKGROUND, FCOS_INSIDE_EPS, IGNORE
-from reference.validation import as_boxes, as_points, as_values
+from reference.validation import as_boxes, as_points, as_values, check_num_classes
 
 
 def class_targets(matched_gt, gt_labels, num_classes, scores=None):
@@ -30,7 +30,7 @@ def class_targets(matched_gt, gt_labels, num_classes, scores=None):
     Raises:
         ValueError: a bad ``matched_gt`` value, label, ``num_classes`` or score.
     """
-    num_classes = _check_num_classes(num_classes)
+    num_classes = check_num_classes(num_classes)
     gt_labels = _check_labels(gt_labels, num_classes)
     matched_gt = _check_matched_gt(matched_gt, len(gt_labels))
     num_anchors = len(matched_gt)
@@ -171,34 +171,24 @@ def _side_ratio(near, far):
 
 def _check_matched_gt(matched_gt, num_gts):
     """Check (A,) integer sentinels / GT indices; ``num_gts=None`` accepts any index >= 0."""
-    array = np.asarray(matched_gt)
-    if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) and array.dtype != bool):
-        raise ValueError(f"matched_gt: expected a (A,) integer array, got shape {array.shape} dtype {array.dtype}")
-    bad = array < IGNORE
+    indices = _as_indices(matched_gt, "matched_gt", "(A,)")
+    bad = indices < IGNORE
     if num_gts is not None:
-        bad |= array >= num_gts
+        bad |= indices >= num_gts
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         allowed = "a GT index >= 0" if num_gts is None else f"a GT index below {num_gts}"
-        raise ValueError(f"matched_gt: row {row} is {int(array[row])}, expected {IGNORE}, {BACKGROUND} or {allowed}")
-    return array.astype(np.int64)
+        raise ValueError(f"matched_gt: row {row} is {int(indices[row])}, expected {IGNORE}, {BACKGROUND} or {allowed}")
+    return indices.astype(np.int64)
 
 
 def _check_labels(gt_labels, num_classes):
-    array = np.asarray(gt_labels)
-    if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) and array.dtype != bool):
-        raise ValueError(f"gt_labels: expected a (G,) integer array, got shape {array.shape} dtype {array.dtype}")
-    bad = (array < 0) | (array >= num_classes)
+    indices = _as_indices(gt_labels, "gt_labels", "(G,)")
+    bad = (indices < 0) | (indices >= num_classes)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"gt_labels: row {row} is {int(array[row])}, expected a class in 0..{num_classes - 1}")
-    return array.astype(np.int64)
-
-
-def _check_num_classes(num_classes):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"num_classes: expected a positive int, got {num_classes!r}")
-    return int(num_classes)
+        raise ValueError(f"gt_labels: row {row} is {int(indices[row])}, expected a class in 0..{num_classes - 1}")
+    return indices.astype(np.int64)
 
 
 def _check_scores(scores, num_anchors):
@@ -210,3 +200,11 @@ def _check_scores(scores, num_anchors):
         row = int(np.flatnonzero(bad)[0])
         raise ValueError(f"scores: row {row} is {scores[row]}, expected a value in [0, 1]")
     return scores
+
+
+def _as_indices(values, name, shape):
+    """``values`` as a 1-d integer array (``shape`` names it in the error message)."""
+    array = np.asarray(values)
+    if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) and array.dtype != bool):
+        raise ValueError(f"{name}: expected a {shape} integer array, got shape {array.shape} dtype {array.dtype}")
+    return array

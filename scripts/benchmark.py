@@ -1,7 +1,8 @@
 """Speed table: NumPy reference vs torch CPU (vs torch CUDA when present), same run.
 
 COCO-like scenes: an 800 x 1333 input, strides 8..128 (22,300 anchors or points),
-G GTs per image drawn with a COCO-like size mix, predicted deltas with small noise.
+G GTs per image drawn with a COCO-like size mix, predicted boxes decoded (once, outside the
+timed calls, as a training step does) from deltas with small noise.
 Each cell is the median wall time of ``--repeats`` runs after one warm-up; batched torch
 rows are divided by B to give a per-image time. Ratios compare cells of this one run.
 
@@ -24,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector import losses as d_losses  # noqa: E402
+from detector import loss_step as d_loss_step  # noqa: E402
 from detector.assign import anchor_free as d_af  # noqa: E402
 from detector.assign import atss as d_atss  # noqa: E402
 from detector.assign import dynamic_atss as d_datss  # noqa: E402
@@ -74,17 +75,18 @@ def scene(num_gts, batch, seed=0):
     points, point_strides, point_counts = r_anchors.multi_level_points(IMAGE_SIZE)
     gts = np.stack([coco_like_boxes(rng, num_gts) for _ in range(batch)])  # (B, G, 4)
     deltas = rng.normal(0, 0.3, size=(batch, len(anchors), 4))  # (B, A, 4)
+    pred_boxes = np.stack([r_coders.decode_deltas(anchors, image_deltas) for image_deltas in deltas])  # (B, A, 4)
     labels = rng.integers(0, NUM_CLASSES, size=(batch, num_gts))
-    return dict(anchors=anchors, anchor_counts=anchor_counts, points=points, point_counts=point_counts, gts=gts, deltas=deltas, labels=labels)
+    return dict(anchors=anchors, anchor_counts=anchor_counts, points=points, point_counts=point_counts, gts=gts, deltas=deltas, pred_boxes=pred_boxes, labels=labels)
 
 
 def reference_calls(s):
     a, ac, p, pc = s["anchors"], s["anchor_counts"], s["points"], s["point_counts"]
-    gt, deltas = s["gts"][0], s["deltas"][0]
+    gt, pred_boxes = s["gts"][0], s["pred_boxes"][0]
     return {
         "max_iou": lambda: r_maxiou.assign_max_iou(a, gt),
         "atss": lambda: r_atss.assign_atss(a, ac, gt),
-        "dynamic_atss": lambda: r_datss.assign_dynamic_atss(a, ac, gt, deltas),
+        "dynamic_atss": lambda: r_datss.assign_dynamic_atss(a, ac, gt, pred_boxes),
         "pseudo_iou": lambda: r_af.assign_pseudo_iou(p, pc, gt),
         "fcos": lambda: r_af.assign_fcos(p, pc, gt),
     }
@@ -96,12 +98,12 @@ def torch_calls(s, device, dtype=torch.float32):
 
     a, p = t(s["anchors"]), t(s["points"])
     ac, pc = s["anchor_counts"], s["point_counts"]
-    gt, deltas = t(s["gts"]), t(s["deltas"])
+    gt, pred_boxes = t(s["gts"]), t(s["pred_boxes"])
     valid = torch.ones(gt.shape[:2], dtype=torch.bool, device=device)
     return {
         "max_iou": lambda: d_maxiou.assign_max_iou_batched(a, gt, valid),
         "atss": lambda: d_atss.assign_atss_batched(a, ac, gt, valid),
-        "dynamic_atss": lambda: d_datss.assign_dynamic_atss_batched(a, ac, gt, valid, deltas),
+        "dynamic_atss": lambda: d_datss.assign_dynamic_atss_batched(a, ac, gt, valid, pred_boxes),
         "pseudo_iou": lambda: d_af.assign_pseudo_iou_batched(p, pc, gt, valid),
         "fcos": lambda: d_af.assign_fcos_batched(p, pc, gt, valid),
     }
@@ -126,7 +128,7 @@ def loss_step_calls(s, device, dtype=torch.float32):
     batched = (t(logits), t(pred_boxes), t(quality), t(centers), t(matched, torch.int64), t(gts), t(labels, torch.int64))
     valid = torch.ones(gts.shape[:2], dtype=torch.bool, device=device)
     reference = lambda: r_losses.detection_losses(logits[0], pred_boxes[0], quality[0], centers, matched[0], gts[0], labels[0], **options)  # noqa: E731
-    fast = lambda: d_losses.detection_losses_batched(*batched[:6], batched[6], valid, **options)  # noqa: E731
+    fast = lambda: d_loss_step.detection_losses_batched(*batched[:6], batched[6], valid, **options)  # noqa: E731
     return reference, fast
 
 

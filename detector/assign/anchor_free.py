@@ -1,29 +1,38 @@
 """Anchor-free assigners: FCOS candidates and the Pseudo-IoU paper's rules (specs/anchor_free.md).
 
-Twin of ``reference/assign/anchor_free.py``: same public names, parameters and steps.
 Every assigner runs the same steps (specs/anchor_free.md §2):
 
-1. distances (l, t, r, b) of points to GTs;
+1. distances (l, t, r, b) of each point to each GT;
 2. candidates: strictly inside, in the level's regression range (and, for FCOS with
    centre sampling, in the centre region);
 3. one GT per point: smallest area, then lower GT index;
 4. the rule's filter on the distances to that GT; failures become BACKGROUND, no re-try;
 5. matched_metric = Pseudo-IoU with the assigned GT.
 
-The single-image functions run the ``*_batched`` ones on a batch of one. The batched
-functions never build a dense (B, G_max, A) tensor: per level, each GT only meets the
-points inside a window around it (a row/column range of the level's grid, or a range of
-the level's points sorted by y when the points do not form a grid), and the window is
-conservative, so the exact tests of steps 2-3 run on a subset that holds every candidate.
-Those (GT, point) pairs are evaluated in chunks of at most ``max_elements``; the min-area
-choice is an exact integer ``amin`` over each GT's rank in (area, index) order, carried
-across chunks, so the result does not depend on the chunk size.
+``assign_anchor_free`` runs them for any rule of ``ANCHOR_FREE_RULES``; the rules differ
+only in their options, their step-4 filter and their ``gt_threshold`` (the table
+``_RULES`` at the end of this module). ``assign_all_inside`` ... ``assign_fcos`` are calls
+of it with one rule each.
+
+Twin of ``reference/assign/anchor_free.py``: same public names, parameters, steps and
+rules. ``assign_anchor_free_batched`` holds the algorithm for GTs padded to
+(B, G_max, 4) with a ``gt_valid`` mask and points shared by the batch; the single-image
+functions run it on a batch of one, and ``assign_<rule>_batched`` are calls of it with one
+rule each. Steps 1-3 never build a dense (B, G_max, A) tensor: each GT only meets the points
+in a conservative window around it (``detector/assign/windows.py``), in chunks of at most
+``max_elements`` (GT, point) pairs; the min-area choice is an exact integer ``amin`` over
+each GT's rank in (area, index) order, carried across chunks, so the result does not depend
+on the chunk size. Steps 4-5 run on the positives only.
 """
 import math
+from dataclasses import dataclass, field
 
 import torch
 
+from detector.assign.batching import as_padded_batch, one_image
 from detector.assign.result import Assignment
+from detector.assign.windows import MAX_ELEMENTS, level_grids, window_pairs
+from detector.boxes import safe_divide
 from detector.conventions import (
     BACKGROUND,
     DEFAULT_STRIDES,
@@ -32,10 +41,7 @@ from detector.conventions import (
     FCOS_REGRESS_RANGES,
 )
 from detector.pseudo_iou import _pseudo_iou_algorithm1
-from detector.validation import as_boxes, as_points, check_level_counts
-
-#: Default bound on the (GT, point) pairs evaluated at once by a batched assigner.
-MAX_ELEMENTS = 1 << 22
+from detector.validation import as_points, check_choice, check_level_counts, check_max_elements, check_number
 
 
 def assign_all_inside(points, num_points_per_level, gt_boxes, *, strides=DEFAULT_STRIDES, regress_ranges=FCOS_REGRESS_RANGES):
@@ -44,7 +50,7 @@ def assign_all_inside(points, num_points_per_level, gt_boxes, *, strides=DEFAULT
     Args:
         points: (A, 2) (x, y), level-major.
         num_points_per_level: L ints summing to A.
-        gt_boxes: (G, 4) xyxy, on the device of ``points``; zero-area boxes allowed.
+        gt_boxes: (G, 4) xyxy; zero-area boxes allowed (they get no positive).
         strides: L positive strides (checked; unused by this rule).
         regress_ranges: L pairs (lo, hi); a point is in range when lo <= max(l,t,r,b) <= hi.
 
@@ -53,7 +59,10 @@ def assign_all_inside(points, num_points_per_level, gt_boxes, *, strides=DEFAULT
         Pseudo-IoU with the assigned GT, 0 on negatives; gt_threshold (G,) NaN;
         candidate_index (G, 0).
     """
-    return _one_image(assign_all_inside_batched, points, num_points_per_level, gt_boxes, strides=strides, regress_ranges=regress_ranges)
+    return assign_anchor_free(
+        "all_inside", points, num_points_per_level, gt_boxes,
+        strides=strides, regress_ranges=regress_ranges,
+    )
 
 
 def assign_pseudo_iou(
@@ -68,14 +77,19 @@ def assign_pseudo_iou(
 ):
     """Pseudo-IoU assignment: FCOS candidates filtered by Pseudo-IoU (specs/anchor_free.md §4).
 
-    Args as ``assign_all_inside``, plus ``threshold`` T (finite) and ``inclusive``: a
-    candidate stays positive when its Pseudo-IoU is > T (default) or >= T (inclusive).
+    Args:
+        points, num_points_per_level, gt_boxes, strides, regress_ranges: as in
+            ``assign_all_inside``.
+        threshold: T, finite. A candidate stays positive when its Pseudo-IoU with its
+            assigned GT is > T (``inclusive=False``, the paper's text and the official
+            code) or >= T (``inclusive=True``).
+        inclusive: see ``threshold``.
 
     Returns:
         Assignment as in ``assign_all_inside``, with gt_threshold (G,) = T.
     """
-    return _one_image(
-        assign_pseudo_iou_batched, points, num_points_per_level, gt_boxes,
+    return assign_anchor_free(
+        "pseudo_iou", points, num_points_per_level, gt_boxes,
         strides=strides, regress_ranges=regress_ranges, threshold=threshold, inclusive=inclusive,
     )
 
@@ -91,14 +105,18 @@ def assign_scaled_box(
 ):
     """Scaled-box assignment: FCOS candidates inside the GT scaled by s (specs/anchor_free.md §4).
 
-    Args as ``assign_all_inside``, plus ``scale`` s >= 0: a candidate stays positive when
-    |x - x_c| < s w / 2 and |y - y_c| < s h / 2 for its assigned GT.
+    Args:
+        points, num_points_per_level, gt_boxes, strides, regress_ranges: as in
+            ``assign_all_inside``.
+        scale: s >= 0, finite. A candidate stays positive when |x - x_c| < s w / 2 and
+            |y - y_c| < s h / 2 for its assigned GT.
 
     Returns:
         Assignment as in ``assign_all_inside``, with gt_threshold (G,) = s.
     """
-    return _one_image(
-        assign_scaled_box_batched, points, num_points_per_level, gt_boxes, strides=strides, regress_ranges=regress_ranges, scale=scale
+    return assign_anchor_free(
+        "scaled_box", points, num_points_per_level, gt_boxes,
+        strides=strides, regress_ranges=regress_ranges, scale=scale,
     )
 
 
@@ -115,13 +133,19 @@ def assign_centerness(
     """Centerness assignment: FCOS candidates filtered by FCOS centerness (specs/anchor_free.md §4).
 
     centerness = sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)), the root over the product.
-    Args as ``assign_all_inside``, plus ``threshold`` c and ``inclusive`` (> c, or >= c).
+
+    Args:
+        points, num_points_per_level, gt_boxes, strides, regress_ranges: as in
+            ``assign_all_inside``.
+        threshold: c, finite. A candidate stays positive when centerness > c
+            (``inclusive=False``) or >= c (``inclusive=True``).
+        inclusive: see ``threshold``.
 
     Returns:
         Assignment as in ``assign_all_inside``, with gt_threshold (G,) = c.
     """
-    return _one_image(
-        assign_centerness_batched, points, num_points_per_level, gt_boxes,
+    return assign_anchor_free(
+        "centerness", points, num_points_per_level, gt_boxes,
         strides=strides, regress_ranges=regress_ranges, threshold=threshold, inclusive=inclusive,
     )
 
@@ -138,46 +162,120 @@ def assign_fcos(
 ):
     """FCOS assignment, optionally with centre sampling (specs/anchor_free.md §3.3).
 
-    Args as ``assign_all_inside``, plus ``center_sampling`` (a point is a candidate only when
-    |x - x_c| < center_radius * stride and |y - y_c| < center_radius * stride, before the
-    min-area choice) and ``center_radius`` > 0 in strides.
+    Args:
+        points, num_points_per_level, gt_boxes, strides, regress_ranges: as in
+            ``assign_all_inside``.
+        center_sampling: if True, a point is a candidate of a GT only when
+            |x - x_c| < center_radius * stride and |y - y_c| < center_radius * stride
+            (before the min-area choice, as FCOS does).
+        center_radius: radius in strides, > 0, finite.
 
     Returns:
         Assignment as in ``assign_all_inside`` (gt_threshold NaN).
     """
-    return _one_image(
-        assign_fcos_batched, points, num_points_per_level, gt_boxes,
+    return assign_anchor_free(
+        "fcos", points, num_points_per_level, gt_boxes,
         strides=strides, regress_ranges=regress_ranges, center_sampling=center_sampling, center_radius=center_radius,
     )
 
 
-# ---------------------------------------------------------------------------------------
-# batched variants: GTs (B, G_max, 4) + gt_valid (B, G_max); points shared by the batch
-
-
-def assign_all_inside_batched(
-    points, num_points_per_level, gt_boxes, gt_valid, *, strides=DEFAULT_STRIDES, regress_ranges=FCOS_REGRESS_RANGES, max_elements=MAX_ELEMENTS
+def assign_anchor_free(
+    rule,
+    points,
+    num_points_per_level,
+    gt_boxes,
+    *,
+    strides=DEFAULT_STRIDES,
+    regress_ranges=FCOS_REGRESS_RANGES,
+    **options,
 ):
-    """Batched ``assign_all_inside`` (specs/anchor_free.md §8).
+    """Any anchor-free rule: steps 1-5 of specs/anchor_free.md §2.
 
     Args:
+        rule: the rule's name, one of ``ANCHOR_FREE_RULES``.
+        points, num_points_per_level, gt_boxes, strides, regress_ranges: as in
+            ``assign_all_inside``.
+        options: the rule's options, the keyword arguments of ``assign_<rule>`` after
+            ``regress_ranges``; a missing one takes that function's default.
+
+    Returns:
+        Assignment as in ``assign_all_inside``, with gt_threshold (G,) the rule's
+        parameter (T, s or c; NaN for all_inside and fcos).
+
+    Raises:
+        ValueError: an unknown rule or option; bad points, boxes, level counts, strides or
+            ranges; a bad option value (each named).
+    """
+    return one_image(
+        assign_anchor_free_batched,
+        (rule, points, num_points_per_level),
+        gt_boxes,
+        strides=strides,
+        regress_ranges=regress_ranges,
+        **options,
+    )
+
+
+@torch.no_grad()
+def assign_anchor_free_batched(
+    rule,
+    points,
+    num_points_per_level,
+    gt_boxes,
+    gt_valid,
+    *,
+    strides=DEFAULT_STRIDES,
+    regress_ranges=FCOS_REGRESS_RANGES,
+    max_elements=MAX_ELEMENTS,
+    **options,
+):
+    """``assign_anchor_free`` for a batch of images sharing one set of points
+    (specs/anchor_free.md §8).
+
+    Args:
+        rule: the rule's name, one of ``ANCHOR_FREE_RULES``.
         points: (A, 2) (x, y), level-major, shared by every image.
         num_points_per_level: L ints summing to A.
         gt_boxes: (B, G_max, 4) xyxy; rows where ``gt_valid`` is False are ignored (any
             finite or non-finite content).
         gt_valid: (B, G_max) bool.
-        strides, regress_ranges: as in ``assign_all_inside``.
-        max_elements: > 0, the most (GT, point) pairs evaluated at once; any value gives
-            the same result.
+        strides, regress_ranges, options: as in ``assign_anchor_free``.
+        max_elements: int >= 1, the most (GT, point) pairs evaluated at once; any value
+            gives the same result.
 
     Returns:
         Assignment with matched_gt (B, A) int64 (slot indices into G_max), matched_metric
-        (B, A), gt_threshold (B, G_max) NaN, candidate_index (B, G_max, 0).
+        (B, A), gt_threshold (B, G_max) (the rule's parameter; NaN for padded slots),
+        candidate_index (B, G_max, 0).
     """
-    points, gt_boxes, gt_valid, level = _check_inputs(points, num_points_per_level, gt_boxes, gt_valid, strides, regress_ranges)
-    matched_gt = _match_min_area(points, gt_boxes, gt_valid, level, None, max_elements)
+    check_choice(rule, ANCHOR_FREE_RULES, "rule")
+    rule = _RULES[rule]
+    points, gt_boxes, gt_valid, level = _check_inputs(
+        points, num_points_per_level, gt_boxes, gt_valid, strides, regress_ranges
+    )
+    options = rule.check(options)
+    max_elements = check_max_elements(max_elements)
+    matched_gt = _match_min_area(points, gt_boxes, gt_valid, level, rule.center_radius(options), max_elements)
     positive, ltrb = _distances_to_matched(points, gt_boxes, matched_gt)
-    return _result(matched_gt, positive, ltrb, None, math.nan, gt_valid)
+    keep = rule.keep(ltrb, options)
+    return _result(matched_gt, positive, ltrb, keep, threshold=rule.threshold(options), gt_valid=gt_valid)
+
+
+def assign_all_inside_batched(
+    points,
+    num_points_per_level,
+    gt_boxes,
+    gt_valid,
+    *,
+    strides=DEFAULT_STRIDES,
+    regress_ranges=FCOS_REGRESS_RANGES,
+    max_elements=MAX_ELEMENTS,
+):
+    """Batched ``assign_all_inside``; shapes as ``assign_anchor_free_batched``."""
+    return assign_anchor_free_batched(
+        "all_inside", points, num_points_per_level, gt_boxes, gt_valid,
+        strides=strides, regress_ranges=regress_ranges, max_elements=max_elements,
+    )
 
 
 def assign_pseudo_iou_batched(
@@ -192,13 +290,12 @@ def assign_pseudo_iou_batched(
     inclusive=False,
     max_elements=MAX_ELEMENTS,
 ):
-    """Batched ``assign_pseudo_iou``; shapes as ``assign_all_inside_batched``, gt_threshold T on valid slots."""
-    points, gt_boxes, gt_valid, level = _check_inputs(points, num_points_per_level, gt_boxes, gt_valid, strides, regress_ranges)
-    threshold = _check_number(threshold, "threshold")
-    matched_gt = _match_min_area(points, gt_boxes, gt_valid, level, None, max_elements)
-    positive, ltrb = _distances_to_matched(points, gt_boxes, matched_gt)
-    keep = _passes_pseudo_iou(ltrb, threshold, inclusive)
-    return _result(matched_gt, positive, ltrb, keep, threshold, gt_valid)
+    """Batched ``assign_pseudo_iou``; shapes as ``assign_anchor_free_batched``, gt_threshold T on valid slots."""
+    return assign_anchor_free_batched(
+        "pseudo_iou", points, num_points_per_level, gt_boxes, gt_valid,
+        strides=strides, regress_ranges=regress_ranges, max_elements=max_elements,
+        threshold=threshold, inclusive=inclusive,
+    )
 
 
 def assign_scaled_box_batched(
@@ -212,13 +309,11 @@ def assign_scaled_box_batched(
     scale=0.6,
     max_elements=MAX_ELEMENTS,
 ):
-    """Batched ``assign_scaled_box``; shapes as ``assign_all_inside_batched``, gt_threshold s on valid slots."""
-    points, gt_boxes, gt_valid, level = _check_inputs(points, num_points_per_level, gt_boxes, gt_valid, strides, regress_ranges)
-    scale = _check_number(scale, "scale", minimum=0.0)
-    matched_gt = _match_min_area(points, gt_boxes, gt_valid, level, None, max_elements)
-    positive, ltrb = _distances_to_matched(points, gt_boxes, matched_gt)
-    keep = _passes_scaled_box(ltrb, scale)
-    return _result(matched_gt, positive, ltrb, keep, scale, gt_valid)
+    """Batched ``assign_scaled_box``; shapes as ``assign_anchor_free_batched``, gt_threshold s on valid slots."""
+    return assign_anchor_free_batched(
+        "scaled_box", points, num_points_per_level, gt_boxes, gt_valid,
+        strides=strides, regress_ranges=regress_ranges, max_elements=max_elements, scale=scale,
+    )
 
 
 def assign_centerness_batched(
@@ -233,13 +328,12 @@ def assign_centerness_batched(
     inclusive=False,
     max_elements=MAX_ELEMENTS,
 ):
-    """Batched ``assign_centerness``; shapes as ``assign_all_inside_batched``, gt_threshold c on valid slots."""
-    points, gt_boxes, gt_valid, level = _check_inputs(points, num_points_per_level, gt_boxes, gt_valid, strides, regress_ranges)
-    threshold = _check_number(threshold, "threshold")
-    matched_gt = _match_min_area(points, gt_boxes, gt_valid, level, None, max_elements)
-    positive, ltrb = _distances_to_matched(points, gt_boxes, matched_gt)
-    keep = _passes_centerness(ltrb, threshold, inclusive)
-    return _result(matched_gt, positive, ltrb, keep, threshold, gt_valid)
+    """Batched ``assign_centerness``; shapes as ``assign_anchor_free_batched``, gt_threshold c on valid slots."""
+    return assign_anchor_free_batched(
+        "centerness", points, num_points_per_level, gt_boxes, gt_valid,
+        strides=strides, regress_ranges=regress_ranges, max_elements=max_elements,
+        threshold=threshold, inclusive=inclusive,
+    )
 
 
 def assign_fcos_batched(
@@ -254,32 +348,29 @@ def assign_fcos_batched(
     center_radius=FCOS_CENTER_RADIUS,
     max_elements=MAX_ELEMENTS,
 ):
-    """Batched ``assign_fcos``; shapes as ``assign_all_inside_batched``."""
-    points, gt_boxes, gt_valid, level = _check_inputs(points, num_points_per_level, gt_boxes, gt_valid, strides, regress_ranges)
-    center_radius = _check_number(center_radius, "center_radius", minimum=0.0, strict=True)
-    matched_gt = _match_min_area(points, gt_boxes, gt_valid, level, center_radius if center_sampling else None, max_elements)
-    positive, ltrb = _distances_to_matched(points, gt_boxes, matched_gt)
-    return _result(matched_gt, positive, ltrb, None, math.nan, gt_valid)
+    """Batched ``assign_fcos``; shapes as ``assign_anchor_free_batched``."""
+    return assign_anchor_free_batched(
+        "fcos", points, num_points_per_level, gt_boxes, gt_valid,
+        strides=strides, regress_ranges=regress_ranges, max_elements=max_elements,
+        center_sampling=center_sampling, center_radius=center_radius,
+    )
 
 
 # ---------------------------------------------------------------------------------------
-# steps (same names and order as reference/assign/anchor_free.py)
+# steps (same names and order in reference/assign/anchor_free.py)
 
 
 def _check_inputs(points, num_points_per_level, gt_boxes, gt_valid, strides, regress_ranges):
-    """Validate; expand the per-level parameters to per-point tensors; index each level.
+    """Validate; expand the per-level parameters to one window index per level.
 
     Returns:
         points (A, 2), gt_boxes (B, G_max, 4) in one float dtype on the points' device
         (padded rows zeroed), gt_valid (B, G_max) bool, and a dict whose ``grids`` holds
-        one ``_LevelGrid`` per non-empty level, with the level's scalar lo, hi and stride
-        (the reference expands them to (A,) arrays instead).
+        one ``windows.LevelGrid`` per non-empty level, with the level's scalar ``lo``,
+        ``hi`` and ``stride`` (the reference expands them to (A,) arrays instead).
     """
     points = as_points(points, "points")
-    gt_valid = _as_mask(gt_valid, gt_boxes)
-    gt_boxes = _as_padded_boxes(gt_boxes, gt_valid)
-    dtype = torch.promote_types(points.dtype, gt_boxes.dtype)
-    points, gt_boxes, gt_valid = points.to(dtype), gt_boxes.to(device=points.device, dtype=dtype), gt_valid.to(points.device)
+    points, gt_boxes, gt_valid = as_padded_batch(points, gt_boxes, gt_valid)
     counts = check_level_counts(num_points_per_level, len(points), "num_points_per_level")
     strides = [float(s) for s in strides]
     if len(strides) != len(counts) or not all(math.isfinite(s) and s > 0 for s in strides):
@@ -287,17 +378,14 @@ def _check_inputs(points, num_points_per_level, gt_boxes, gt_valid, strides, reg
     ranges = [(float(lo), float(hi)) for lo, hi in regress_ranges]
     if len(ranges) != len(counts) or not all(lo <= hi for lo, hi in ranges):  # NaN fails lo <= hi
         raise ValueError(f"regress_ranges: expected {len(counts)} pairs (lo, hi) with lo <= hi, got {ranges}")
-    level = {"grids": []}
-    offset = 0
-    for count, (lo, hi), stride in zip(counts, ranges, strides):
-        if count:
-            level["grids"].append(_LevelGrid(points, offset, count, {"lo": lo, "hi": hi, "stride": stride}))
-        offset += count
+    scalars = [{"lo": lo, "hi": hi, "stride": stride} for (lo, hi), stride in zip(ranges, strides)]
+    level = {"grids": level_grids(points, counts, scalars)}
     return points, gt_boxes, gt_valid, level
 
 
 def _candidates(ltrb, level, center_radius):
-    """Step 2 (specs/anchor_free.md §3): (N, 4) distances to GTs on one level -> (N,) bool."""
+    """Step 2 (specs/anchor_free.md §3): (N, 4) distances of N (GT, point) pairs on one
+    level -> (N,) bool."""
     inside = ltrb.amin(dim=1) > FCOS_INSIDE_EPS
     largest = ltrb.amax(dim=1)
     in_range = (largest >= level["lo"]) & (largest <= level["hi"])
@@ -310,19 +398,17 @@ def _candidates(ltrb, level, center_radius):
 
 
 def _match_min_area(points, gt_boxes, gt_valid, level, center_radius, max_elements):
-    """Steps 1-3: each point's candidate GT of smallest area, lower slot index on ties.
+    """Steps 1-3: each point's candidate GT of smallest area, lower GT index on ties.
 
     Each valid GT gets its rank in its image's (area, index) order (a stable sort); the
-    winner of a point is the candidate GT of smallest rank, an exact integer ``amin``.
+    winner of a point is the candidate GT of smallest rank, an exact integer ``amin`` over
+    the (GT, point) pairs of the windows (``windows.window_pairs``).
 
     Returns:
         (B, A) int64 in {BACKGROUND, 0..G_max-1}.
     """
     num_images, num_slots = gt_valid.shape
     num_points = len(points)
-    max_elements = int(max_elements)
-    if max_elements < 1:
-        raise ValueError(f"max_elements: expected a positive int, got {max_elements}")
     matched_gt = torch.full((num_images, num_points), BACKGROUND, dtype=torch.int64, device=points.device)
     if num_images * num_slots == 0 or num_points == 0:
         return matched_gt
@@ -333,18 +419,14 @@ def _match_min_area(points, gt_boxes, gt_valid, level, center_radius, max_elemen
     slot_rank = rank.reshape(-1)
     slot_boxes = gt_boxes.reshape(-1, 4)
     best_rank = torch.full((num_images * num_points,), num_slots, dtype=torch.int64, device=points.device)
-    for grid in level["grids"]:  # at most L levels
-        windows = grid.windows(slot_boxes, slot_valid)
-        total = int(windows["ends"][-1])
-        for first in range(0, total, max_elements):
-            slot, point = _expand_windows(grid, windows, first, min(first + max_elements, total))  # (N,) each
-            p = points[point]  # (N, 2)
-            box = slot_boxes[slot]  # (N, 4)
-            ltrb = torch.stack([p[:, 0] - box[:, 0], p[:, 1] - box[:, 1], box[:, 2] - p[:, 0], box[:, 3] - p[:, 1]], dim=1)  # (N, 4)
-            candidate = _candidates(ltrb, grid.level, center_radius)
-            slot, point = slot[candidate], point[candidate]
-            target = torch.div(slot, num_slots, rounding_mode="floor") * num_points + point  # image * A + point
-            best_rank.scatter_reduce_(0, target, slot_rank[slot], reduce="amin")
+    for grid, slot, point in window_pairs(level["grids"], slot_boxes, slot_valid, max_elements):  # (N,) each
+        p = points[point]  # (N, 2)
+        box = slot_boxes[slot]  # (N, 4)
+        ltrb = torch.stack([p[:, 0] - box[:, 0], p[:, 1] - box[:, 1], box[:, 2] - p[:, 0], box[:, 3] - p[:, 1]], dim=1)  # (N, 4)
+        candidate = _candidates(ltrb, grid.level, center_radius)
+        slot, point = slot[candidate], point[candidate]
+        target = torch.div(slot, num_slots, rounding_mode="floor") * num_points + point  # image * A + point
+        best_rank.scatter_reduce_(0, target, slot_rank[slot], reduce="amin")
     best_rank = best_rank.view(num_images, num_points)
     found = best_rank < num_slots
     winner = order.gather(1, best_rank.clamp(max=num_slots - 1))  # (B, A)
@@ -354,18 +436,18 @@ def _match_min_area(points, gt_boxes, gt_valid, level, center_radius, max_elemen
 def _distances_to_matched(points, gt_boxes, matched_gt):
     """Distances (l, t, r, b) of each positive point to its assigned GT.
 
-    Unlike the reference, which returns (A, 4) with zeros on negatives, only the P positives
-    are computed: returns ``(image, point)``, two (P,) int64 tensors, and ltrb (P, 4).
+    Returns:
+        positive: the P (image, point) pairs with a GT, two (P,) int64 tensors; ltrb: (P, 4).
     """
-    image, point = (matched_gt >= 0).nonzero(as_tuple=True)  # (P,) each
-    box = gt_boxes[image, matched_gt[image, point]]  # (P, 4)
-    p = points[point]  # (P, 2)
+    positive = (matched_gt >= 0).nonzero(as_tuple=True)  # (P,) each
+    box = gt_boxes[positive[0], matched_gt[positive]]  # (P, 4)
+    p = points[positive[1]]  # (P, 2)
     ltrb = torch.stack([p[:, 0] - box[:, 0], p[:, 1] - box[:, 1], box[:, 2] - p[:, 0], box[:, 3] - p[:, 1]], dim=1)  # (P, 4)
-    return (image, point), ltrb
+    return positive, ltrb
 
 
 def _passes_pseudo_iou(ltrb, threshold, inclusive):
-    """Step 4, Pseudo-IoU rule: (..., 4) -> (...) bool."""
+    """Step 4, Pseudo-IoU rule: (P, 4) -> (P,) bool."""
     value = _pseudo_iou_algorithm1(ltrb)
     return value >= threshold if inclusive else value > threshold
 
@@ -377,7 +459,7 @@ def _passes_scaled_box(ltrb, scale):
 
 
 def _passes_centerness(ltrb, threshold, inclusive):
-    """Step 4, centerness rule: (..., 4) -> (...) bool."""
+    """Step 4, centerness rule: (P, 4) -> (P,) bool."""
     value = _centerness(ltrb)
     return value >= threshold if inclusive else value > threshold
 
@@ -385,149 +467,99 @@ def _passes_centerness(ltrb, threshold, inclusive):
 def _centerness(ltrb):
     """FCOS centerness sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)); 0 where a max is <= 0."""
     l, t, r, b = ltrb.unbind(dim=-1)
-    ratio_x = _divide_or_zero(torch.minimum(l, r), torch.maximum(l, r))
-    ratio_y = _divide_or_zero(torch.minimum(t, b), torch.maximum(t, b))
+    ratio_x = safe_divide(torch.minimum(l, r), torch.maximum(l, r))
+    ratio_y = safe_divide(torch.minimum(t, b), torch.maximum(t, b))
     return torch.sqrt((ratio_x * ratio_y).clamp(min=0.0))
 
 
 def _result(matched_gt, positive, ltrb, keep, threshold, gt_valid):
-    """Step 4 (apply the filter) and step 5 (metric) -> batched Assignment."""
-    image, point = positive
+    """Step 4 (apply the filter) and step 5 (metric) -> Assignment."""
     metric = torch.zeros(matched_gt.shape, dtype=ltrb.dtype, device=ltrb.device)
-    metric[image, point] = _pseudo_iou_algorithm1(ltrb)
+    metric[positive] = _pseudo_iou_algorithm1(ltrb)
     if keep is not None:
+        rejected = tuple(index[~keep] for index in positive)
         matched_gt = matched_gt.clone()
-        matched_gt[image[~keep], point[~keep]] = BACKGROUND
-        metric[image[~keep], point[~keep]] = 0.0
-    num_images, num_slots = gt_valid.shape
+        matched_gt[rejected] = BACKGROUND
+        metric[rejected] = 0.0
     return Assignment(
         matched_gt=matched_gt,
         matched_metric=metric,
         gt_threshold=torch.full(gt_valid.shape, threshold, dtype=ltrb.dtype, device=gt_valid.device).masked_fill(~gt_valid, math.nan),
-        candidate_index=torch.zeros((num_images, num_slots, 0), dtype=torch.int64, device=gt_valid.device),
+        candidate_index=torch.zeros((*gt_valid.shape, 0), dtype=torch.int64, device=gt_valid.device),
     )
 
 
-def _check_number(value, name, minimum=None, strict=False):
-    value = float(value)
-    too_small = minimum is not None and (value <= minimum if strict else value < minimum)
-    if not math.isfinite(value) or too_small:
-        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum}"
-        raise ValueError(f"{name}: expected a finite number{bound}, got {value}")
-    return value
-
-
-def _divide_or_zero(numerator, denominator):
-    positive = denominator > 0
-    return torch.where(positive, numerator / torch.where(positive, denominator, torch.ones_like(denominator)), 0.0)
-
-
 # ---------------------------------------------------------------------------------------
-# detector-only helpers: single image, input checks of the batch, windows of GTs on levels
+# the rules (specs/anchor_free.md §1, §4): what differs between the assigners
 
 
-def _one_image(batched, points, num_points_per_level, gt_boxes, **options):
-    """Run a batched assigner on one image: (G, 4) GTs -> single-image Assignment."""
-    gt_boxes = as_boxes(gt_boxes, "gt_boxes")
-    gt_valid = torch.ones((1, len(gt_boxes)), dtype=torch.bool, device=gt_boxes.device)
-    return batched(points, num_points_per_level, gt_boxes[None], gt_valid, **options).image(0)
+@dataclass(frozen=True)
+class _Rule:
+    """One anchor-free rule.
 
-
-def _as_mask(gt_valid, gt_boxes):
-    mask = torch.as_tensor(gt_valid)
-    shape = tuple(gt_boxes.shape[:2]) if hasattr(gt_boxes, "shape") else None
-    if mask.dtype != torch.bool or mask.ndim != 2 or (shape is not None and len(shape) == 2 and tuple(mask.shape) != shape):
-        raise ValueError(f"gt_valid: expected a (B, G_max) bool mask matching gt_boxes, got {mask.dtype} {tuple(mask.shape)}")
-    return mask
-
-
-def _as_padded_boxes(gt_boxes, gt_valid):
-    """(B, G_max, 4) boxes with padded rows zeroed, then checked (padding may hold anything)."""
-    boxes = torch.as_tensor(gt_boxes) if not isinstance(gt_boxes, torch.Tensor) else gt_boxes
-    if boxes.ndim != 3 or boxes.shape[-1] != 4 or tuple(boxes.shape[:2]) != tuple(gt_valid.shape):
-        raise ValueError(f"gt_boxes: expected shape (B, G_max, 4) matching gt_valid {tuple(gt_valid.shape)}, got {tuple(boxes.shape)}")
-    if boxes.is_floating_point():
-        boxes = torch.where(gt_valid.to(boxes.device)[..., None], boxes, 0.0)
-    return as_boxes(boxes, "gt_boxes", batched=True)
-
-
-class _LevelGrid:
-    """The points of one level as rows (sorted y) x columns (sorted x) for window look-ups.
-
-    If the level's points are a row-major grid (``points == meshgrid(ys, xs)`` exactly,
-    the layout of specs/conventions.md §3), rows are its ys and columns its xs and the
-    point of row r, column c is ``offset + r * width + c``. Otherwise the points are
-    sorted by y (stable) and form one column (windows then restrict y only), and the
-    point of row r is ``order[r]``. ``level`` holds the level's scalar lo, hi, stride.
+    Attributes:
+        defaults: the rule's options and their defaults (the keyword arguments of
+            ``assign_<name>`` after ``regress_ranges``).
+        limits: ``{option: (minimum, strict)}`` for the numeric options: finite, and
+            ``>= minimum`` (``> minimum`` when strict) unless ``minimum`` is None.
+        passes: step 4, ``passes(ltrb, **options) -> bool`` per point; None keeps every
+            candidate.
+        reports: the option reported as ``gt_threshold``; None reports NaN.
     """
 
-    def __init__(self, points, offset, count, level):
-        x, y = points[offset : offset + count, 0], points[offset : offset + count, 1]
-        self.offset, self.level = offset, level
-        new_row = int((y != y[0]).to(torch.uint8).argmax())  # first point off the first row; 0: none
-        width = new_row if new_row > 0 else count
-        self.is_grid = False
-        if count % width == 0:
-            xs, ys = x[:width], y[::width]
-            height = count // width
-            self.is_grid = (
-                torch.equal(x.view(height, width), xs.expand(height, width))
-                and torch.equal(y.view(height, width), ys[:, None].expand(height, width))
-                and bool(torch.cat([xs[1:] > xs[:-1], ys[1:] > ys[:-1]]).all())
-            )
-        if self.is_grid:
-            self.ys, self.xs, self.order, self.width = ys.contiguous(), xs.contiguous(), None, width
-        else:
-            self.order = torch.sort(y, stable=True).indices
-            self.ys, self.xs, self.width = y[self.order].contiguous(), None, 1
+    defaults: dict = field(default_factory=dict)
+    limits: dict = field(default_factory=dict)
+    passes: object = None
+    reports: str = None
 
-    def windows(self, boxes, valid):
-        """The window of each GT: (N, 4) boxes, (N,) valid -> dict of (N,) int64 tensors.
+    def check(self, options):
+        """The rule's options, defaults filled in and numbers checked."""
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"{unknown[0]}: not an option of this rule; expected one of {sorted(self.defaults)}")
+        options = {**self.defaults, **options}
+        for name, (minimum, strict) in self.limits.items():
+            options[name] = check_number(options[name], name, minimum=minimum, strict=strict)
+        return options
 
-        ``row0``, ``col0``, ``cols`` and ``count`` (rows x cols; 0 for invalid slots), and
-        ``ends`` = cumsum(count) (one entry more: a leading 0). The window holds every
-        point with x1 < x < x2, y1 < y < y2 (the exact float test for strictly inside) that
-        can have max(l, t, r, b) <= hi: beyond hi plus a slack of 1e-3 relative, a side's
-        distance exceeds hi after any rounding.
-        """
-        x1, y1, x2, y2 = boxes.unbind(dim=1)
-        row0, rows = self._range(self.ys, y1, y2)
-        if self.is_grid:
-            col0, cols = self._range(self.xs, x1, x2)
-        else:
-            col0, cols = torch.zeros_like(row0), torch.ones_like(rows)
-        count = rows * cols * valid
-        ends = torch.cat([count.new_zeros(1), count.cumsum(0)])
-        return {"row0": row0, "col0": col0, "cols": cols, "count": count, "ends": ends}
+    def center_radius(self, options):
+        """Step 2's centre-sampling radius (FCOS with centre sampling), or None."""
+        return options["center_radius"] if options.get("center_sampling") else None
 
-    def _range(self, sorted_values, low, high):
-        hi = self.level["hi"]
-        slack = 1e-3 * (low.abs() + high.abs() + 1.0 + hi)  # inf when hi is inf
-        lower = torch.maximum(low, high - hi - slack)  # hi = inf: no restriction
-        upper = torch.minimum(high, low + hi + slack)
-        first = torch.searchsorted(sorted_values, lower, right=True)  # first value > lower
-        end = torch.searchsorted(sorted_values, upper, right=False)  # first value >= upper
-        return first, (end - first).clamp(min=0)
+    def keep(self, ltrb, options):
+        """Step 4 on the (P, 4) distances of the positives: (P,) bool, or None (no filter)."""
+        return None if self.passes is None else self.passes(ltrb, **options)
 
-    def point_index(self, row, col):
-        """Flat point index of (row, col) pairs of this level."""
-        if self.is_grid:
-            return self.offset + row * self.width + col
-        return self.offset + self.order[row]
+    def threshold(self, options):
+        """The rule's ``gt_threshold`` value (§5)."""
+        return math.nan if self.reports is None else options[self.reports]
 
 
-def _expand_windows(grid, windows, first, last):
-    """Positions [first, last) of the concatenated windows -> (slot, point), (N,) int64 each."""
-    ends = windows["ends"]
-    device = ends.device
-    # the window holding `first` and one past the window of `last - 1`, in one look-up
-    p0, p1 = torch.searchsorted(ends, torch.tensor([first, last - 1], device=device, dtype=ends.dtype), right=True).tolist()
-    p0 -= 1
-    starts = ends[p0:p1]  # (W,) start of each window
-    local = torch.minimum(ends[p0 + 1 : p1 + 1], torch.tensor(last, device=device)) - torch.clamp(starts, min=first)  # (W,)
-    window = p0 + torch.repeat_interleave(torch.arange(p1 - p0, device=device), local, output_size=last - first)  # (N,)
-    within = torch.arange(first, last, device=device) - ends[window]  # position inside its window
-    cols = windows["cols"][window]
-    row = windows["row0"][window] + torch.div(within, cols, rounding_mode="floor")
-    col = windows["col0"][window] + within % cols
-    return window, grid.point_index(row, col)
+_RULES = {
+    "all_inside": _Rule(),
+    "pseudo_iou": _Rule(
+        defaults={"threshold": 0.4, "inclusive": False},
+        limits={"threshold": (None, False)},
+        passes=_passes_pseudo_iou,
+        reports="threshold",
+    ),
+    "scaled_box": _Rule(
+        defaults={"scale": 0.6},
+        limits={"scale": (0.0, False)},
+        passes=_passes_scaled_box,
+        reports="scale",
+    ),
+    "centerness": _Rule(
+        defaults={"threshold": 0.35, "inclusive": False},
+        limits={"threshold": (None, False)},
+        passes=_passes_centerness,
+        reports="threshold",
+    ),
+    "fcos": _Rule(
+        defaults={"center_sampling": True, "center_radius": FCOS_CENTER_RADIUS},
+        limits={"center_radius": (0.0, True)},
+    ),
+}
+
+#: The names of the anchor-free rules, in the order of specs/anchor_free.md §1.
+ANCHOR_FREE_RULES = tuple(_RULES)

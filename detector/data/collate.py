@@ -29,17 +29,23 @@ class Batch:
 
 
 class PaddedTargets(NamedTuple):
-    """GTs of a batch padded to G_max = the largest G in the batch (may be 0).
+    """GTs and ignore regions of a batch, padded to G_max = the largest G in the batch and
+    R_max = the largest number of ignore regions (either may be 0).
 
     Attributes:
         gt_boxes: (B, G_max, 4) float xyxy; padded slots are 0.
         gt_labels: (B, G_max) int64 in 0..K-1; padded slots are ``PAD_LABEL = -1``.
         gt_valid: (B, G_max) bool; True for real GTs, which come first in each row.
+        ignore_boxes: (B, R_max, 4) float xyxy ignore regions (COCO crowd boxes with
+            ``data.crowd = "ignore"``, the targets' ``"ignore_boxes"``); padded slots are 0.
+        ignore_valid: (B, R_max) bool; True for real regions.
     """
 
     gt_boxes: torch.Tensor
     gt_labels: torch.Tensor
     gt_valid: torch.Tensor
+    ignore_boxes: torch.Tensor
+    ignore_valid: torch.Tensor
 
 
 def collate(batch, size_divisor=128):
@@ -81,14 +87,18 @@ def pad_boxes(boxes_list, device=None):
 
 
 def pad_targets(targets, device=None):
-    """Pad the ``boxes``/``labels`` of B target dicts to G_max; see ``PaddedTargets``."""
+    """Pad the ``boxes``/``labels`` (and ``ignore_boxes``, when present) of B target dicts;
+    see ``PaddedTargets``. Ignore regions take the dtype of the GT boxes."""
     gt_boxes, gt_valid = pad_boxes([t["boxes"] for t in targets], device)
     gt_labels = torch.full(gt_valid.shape, PAD_LABEL, dtype=torch.int64, device=device)
     for b, target in enumerate(targets):
         if len(target["labels"]) != len(target["boxes"]):
             raise ValueError(f"targets[{b}]: {len(target['labels'])} labels for {len(target['boxes'])} boxes")
         gt_labels[b, :len(target["labels"])] = target["labels"].to(device)
-    return PaddedTargets(gt_boxes, gt_labels, gt_valid)
+    regions = [torch.as_tensor(t["ignore_boxes"] if t.get("ignore_boxes") is not None else torch.zeros(0, 4)).reshape(-1, 4)
+               for t in targets]
+    ignore_boxes, ignore_valid = pad_boxes([r.to(gt_boxes.dtype) for r in regions], device)
+    return PaddedTargets(gt_boxes, gt_labels, gt_valid, ignore_boxes, ignore_valid)
 
 
 def _round_up(value, divisor):

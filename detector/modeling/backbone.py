@@ -25,6 +25,10 @@ TORCHVISION_RESNETS = {
     "resnext101_32x8d": torchvision.models.resnext101_32x8d,
     "resnext101_64x4d": torchvision.models.resnext101_64x4d,
 }
+#: ``backbone.name`` choices: the torchvision networks and the small ``tiny`` ResNet.
+BACKBONES = (*TORCHVISION_RESNETS, "tiny")
+#: ``backbone.norm`` choices.
+NORMS = ("frozen_bn", "bn", "gn")
 
 
 def norm_layer_factory(norm, gn_groups=32):
@@ -35,7 +39,7 @@ def norm_layer_factory(norm, gn_groups=32):
         return nn.BatchNorm2d
     if norm == "gn":
         return lambda channels: nn.GroupNorm(gn_groups, channels)
-    raise ValueError(f"norm: expected frozen_bn, bn or gn, got {norm!r}")
+    raise ValueError(f"norm: expected one of {', '.join(NORMS)}, got {norm!r}")
 
 
 class ResNetBackbone(nn.Module):
@@ -125,7 +129,7 @@ def build_backbone(config):
             raise ValueError("backbone.weights: the tiny backbone has no pretrained weights")
         return TinyResNet(config.tiny_widths, config.tiny_blocks, norm_layer)
     if config.name not in TORCHVISION_RESNETS:
-        raise ValueError(f"backbone.name: expected one of {', '.join(['tiny', *TORCHVISION_RESNETS])}, got {config.name!r}")
+        raise ValueError(f"backbone.name: expected one of {', '.join(BACKBONES)}, got {config.name!r}")
     network = TORCHVISION_RESNETS[config.name](weights=None, norm_layer=norm_layer)
     if config.weights:
         load_backbone_weights(network, config.weights)

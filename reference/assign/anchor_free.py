@@ -2,18 +2,25 @@
 
 Every assigner runs the same steps (specs/anchor_free.md §2):
 
-1. distances (l, t, r, b) of each point to each GT (a loop over GTs);
+1. distances (l, t, r, b) of each point to each GT;
 2. candidates: strictly inside, in the level's regression range (and, for FCOS with
    centre sampling, in the centre region);
 3. one GT per point: smallest area, then lower GT index;
 4. the rule's filter on the distances to that GT; failures become BACKGROUND, no re-try;
 5. matched_metric = Pseudo-IoU with the assigned GT.
+
+``assign_anchor_free`` runs them for any rule of ``ANCHOR_FREE_RULES``; the rules differ
+only in their options, their step-4 filter and their ``gt_threshold`` (the table
+``_RULES`` at the end of this module). ``assign_all_inside`` ... ``assign_fcos`` are calls
+of it with one rule each.
 """
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from reference.assign.result import Assignment
+from reference.boxes import safe_divide
 from reference.conventions import (
     BACKGROUND,
     DEFAULT_STRIDES,
@@ -22,7 +29,7 @@ from reference.conventions import (
     FCOS_REGRESS_RANGES,
 )
 from reference.pseudo_iou import _pseudo_iou_algorithm1
-from reference.validation import as_boxes, as_points, check_level_counts
+from reference.validation import as_boxes, as_points, check_choice, check_level_counts, check_number
 
 
 def assign_all_inside(points, num_points_per_level, gt_boxes, *, strides=DEFAULT_STRIDES, regress_ranges=FCOS_REGRESS_RANGES):
@@ -36,14 +43,14 @@ def assign_all_inside(points, num_points_per_level, gt_boxes, *, strides=DEFAULT
         regress_ranges: L pairs (lo, hi); a point is in range when lo <= max(l,t,r,b) <= hi.
 
     Returns:
-        Assignment: matched_gt (A,) int64 in {-1, 0..G-1}; matched_metric (A,) float64,
-        the Pseudo-IoU with the assigned GT, 0 on negatives; gt_threshold (G,) NaN;
+        Assignment: matched_gt (A,) int64 in {-1, 0..G-1}; matched_metric (A,), the
+        Pseudo-IoU with the assigned GT, 0 on negatives; gt_threshold (G,) NaN;
         candidate_index (G, 0).
     """
-    points, gt_boxes, level = _check_inputs(points, num_points_per_level, gt_boxes, strides, regress_ranges)
-    matched_gt = _match_min_area(points, gt_boxes, level, center_radius=None)
-    ltrb = _distances_to_matched(points, gt_boxes, matched_gt)
-    return _result(matched_gt, ltrb, keep=None, threshold=math.nan, num_gts=len(gt_boxes))
+    return assign_anchor_free(
+        "all_inside", points, num_points_per_level, gt_boxes,
+        strides=strides, regress_ranges=regress_ranges,
+    )
 
 
 def assign_pseudo_iou(
@@ -69,12 +76,10 @@ def assign_pseudo_iou(
     Returns:
         Assignment as in ``assign_all_inside``, with gt_threshold (G,) = T.
     """
-    points, gt_boxes, level = _check_inputs(points, num_points_per_level, gt_boxes, strides, regress_ranges)
-    threshold = _check_number(threshold, "threshold")
-    matched_gt = _match_min_area(points, gt_boxes, level, center_radius=None)
-    ltrb = _distances_to_matched(points, gt_boxes, matched_gt)
-    keep = _passes_pseudo_iou(ltrb, threshold, inclusive)
-    return _result(matched_gt, ltrb, keep=keep, threshold=threshold, num_gts=len(gt_boxes))
+    return assign_anchor_free(
+        "pseudo_iou", points, num_points_per_level, gt_boxes,
+        strides=strides, regress_ranges=regress_ranges, threshold=threshold, inclusive=inclusive,
+    )
 
 
 def assign_scaled_box(
@@ -97,12 +102,10 @@ def assign_scaled_box(
     Returns:
         Assignment as in ``assign_all_inside``, with gt_threshold (G,) = s.
     """
-    points, gt_boxes, level = _check_inputs(points, num_points_per_level, gt_boxes, strides, regress_ranges)
-    scale = _check_number(scale, "scale", minimum=0.0)
-    matched_gt = _match_min_area(points, gt_boxes, level, center_radius=None)
-    ltrb = _distances_to_matched(points, gt_boxes, matched_gt)
-    keep = _passes_scaled_box(ltrb, scale)
-    return _result(matched_gt, ltrb, keep=keep, threshold=scale, num_gts=len(gt_boxes))
+    return assign_anchor_free(
+        "scaled_box", points, num_points_per_level, gt_boxes,
+        strides=strides, regress_ranges=regress_ranges, scale=scale,
+    )
 
 
 def assign_centerness(
@@ -129,12 +132,10 @@ def assign_centerness(
     Returns:
         Assignment as in ``assign_all_inside``, with gt_threshold (G,) = c.
     """
-    points, gt_boxes, level = _check_inputs(points, num_points_per_level, gt_boxes, strides, regress_ranges)
-    threshold = _check_number(threshold, "threshold")
-    matched_gt = _match_min_area(points, gt_boxes, level, center_radius=None)
-    ltrb = _distances_to_matched(points, gt_boxes, matched_gt)
-    keep = _passes_centerness(ltrb, threshold, inclusive)
-    return _result(matched_gt, ltrb, keep=keep, threshold=threshold, num_gts=len(gt_boxes))
+    return assign_anchor_free(
+        "centerness", points, num_points_per_level, gt_boxes,
+        strides=strides, regress_ranges=regress_ranges, threshold=threshold, inclusive=inclusive,
+    )
 
 
 def assign_fcos(
@@ -160,11 +161,47 @@ def assign_fcos(
     Returns:
         Assignment as in ``assign_all_inside`` (gt_threshold NaN).
     """
+    return assign_anchor_free(
+        "fcos", points, num_points_per_level, gt_boxes,
+        strides=strides, regress_ranges=regress_ranges, center_sampling=center_sampling, center_radius=center_radius,
+    )
+
+
+def assign_anchor_free(
+    rule,
+    points,
+    num_points_per_level,
+    gt_boxes,
+    *,
+    strides=DEFAULT_STRIDES,
+    regress_ranges=FCOS_REGRESS_RANGES,
+    **options,
+):
+    """Any anchor-free rule: steps 1-5 of specs/anchor_free.md §2.
+
+    Args:
+        rule: the rule's name, one of ``ANCHOR_FREE_RULES``.
+        points, num_points_per_level, gt_boxes, strides, regress_ranges: as in
+            ``assign_all_inside``.
+        options: the rule's options, the keyword arguments of ``assign_<rule>`` after
+            ``regress_ranges``; a missing one takes that function's default.
+
+    Returns:
+        Assignment as in ``assign_all_inside``, with gt_threshold (G,) the rule's
+        parameter (T, s or c; NaN for all_inside and fcos).
+
+    Raises:
+        ValueError: an unknown rule or option; bad points, boxes, level counts, strides or
+            ranges; a bad option value (each named).
+    """
+    check_choice(rule, ANCHOR_FREE_RULES, "rule")
+    rule = _RULES[rule]
     points, gt_boxes, level = _check_inputs(points, num_points_per_level, gt_boxes, strides, regress_ranges)
-    center_radius = _check_number(center_radius, "center_radius", minimum=0.0, strict=True)
-    matched_gt = _match_min_area(points, gt_boxes, level, center_radius=center_radius if center_sampling else None)
-    ltrb = _distances_to_matched(points, gt_boxes, matched_gt)
-    return _result(matched_gt, ltrb, keep=None, threshold=math.nan, num_gts=len(gt_boxes))
+    options = rule.check(options)
+    matched_gt = _match_min_area(points, gt_boxes, level, center_radius=rule.center_radius(options))
+    positive, ltrb = _distances_to_matched(points, gt_boxes, matched_gt)
+    keep = rule.keep(ltrb, options)
+    return _result(matched_gt, positive, ltrb, keep, threshold=rule.threshold(options), num_gts=len(gt_boxes))
 
 
 # ---------------------------------------------------------------------------------------
@@ -209,7 +246,7 @@ def _candidates(ltrb, level, center_radius):
 
 
 def _match_min_area(points, gt_boxes, level, center_radius):
-    """Steps 1-3: each point's candidate GT of smallest area, lower index on ties.
+    """Steps 1-3: each point's candidate GT of smallest area, lower GT index on ties.
 
     Returns:
         (A,) int64 in {BACKGROUND, 0..G-1}.
@@ -227,17 +264,20 @@ def _match_min_area(points, gt_boxes, level, center_radius):
 
 
 def _distances_to_matched(points, gt_boxes, matched_gt):
-    """(A, 4) distances (l, t, r, b) of each point to its assigned GT; 0 on negatives."""
-    ltrb = np.zeros((len(points), 4))
-    positive = matched_gt >= 0
+    """Distances (l, t, r, b) of each positive point to its assigned GT.
+
+    Returns:
+        positive: the P points with a GT, (P,) int64 indices; ltrb: (P, 4).
+    """
+    positive = np.flatnonzero(matched_gt >= 0)  # (P,)
     box = gt_boxes[matched_gt[positive]]  # (P, 4)
-    p = points[positive]
-    ltrb[positive] = np.stack([p[:, 0] - box[:, 0], p[:, 1] - box[:, 1], box[:, 2] - p[:, 0], box[:, 3] - p[:, 1]], axis=1)
-    return ltrb
+    p = points[positive]  # (P, 2)
+    ltrb = np.stack([p[:, 0] - box[:, 0], p[:, 1] - box[:, 1], box[:, 2] - p[:, 0], box[:, 3] - p[:, 1]], axis=1)  # (P, 4)
+    return positive, ltrb
 
 
 def _passes_pseudo_iou(ltrb, threshold, inclusive):
-    """Step 4, Pseudo-IoU rule: (A, 4) -> (A,) bool."""
+    """Step 4, Pseudo-IoU rule: (P, 4) -> (P,) bool."""
     value = _pseudo_iou_algorithm1(ltrb)
     return value >= threshold if inclusive else value > threshold
 
@@ -249,7 +289,7 @@ def _passes_scaled_box(ltrb, scale):
 
 
 def _passes_centerness(ltrb, threshold, inclusive):
-    """Step 4, centerness rule: (A, 4) -> (A,) bool."""
+    """Step 4, centerness rule: (P, 4) -> (P,) bool."""
     value = _centerness(ltrb)
     return value >= threshold if inclusive else value > threshold
 
@@ -257,17 +297,20 @@ def _passes_centerness(ltrb, threshold, inclusive):
 def _centerness(ltrb):
     """FCOS centerness sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)); 0 where a max is <= 0."""
     l, t, r, b = ltrb.T
-    ratio_x = _divide_or_zero(np.minimum(l, r), np.maximum(l, r))
-    ratio_y = _divide_or_zero(np.minimum(t, b), np.maximum(t, b))
+    ratio_x = safe_divide(np.minimum(l, r), np.maximum(l, r))
+    ratio_y = safe_divide(np.minimum(t, b), np.maximum(t, b))
     return np.sqrt(np.clip(ratio_x * ratio_y, 0.0, None))
 
 
-def _result(matched_gt, ltrb, keep, threshold, num_gts):
+def _result(matched_gt, positive, ltrb, keep, threshold, num_gts):
     """Step 4 (apply the filter) and step 5 (metric) -> Assignment."""
-    matched_gt = matched_gt.copy()
+    metric = np.zeros(matched_gt.shape)
+    metric[positive] = _pseudo_iou_algorithm1(ltrb)
     if keep is not None:
-        matched_gt[~keep] = BACKGROUND
-    metric = np.where(matched_gt >= 0, _pseudo_iou_algorithm1(ltrb), 0.0)
+        rejected = positive[~keep]
+        matched_gt = matched_gt.copy()
+        matched_gt[rejected] = BACKGROUND
+        metric[rejected] = 0.0
     return Assignment(
         matched_gt=matched_gt,
         matched_metric=metric,
@@ -276,16 +319,77 @@ def _result(matched_gt, ltrb, keep, threshold, num_gts):
     )
 
 
-def _check_number(value, name, minimum=None, strict=False):
-    value = float(value)
-    too_small = minimum is not None and (value <= minimum if strict else value < minimum)
-    if not math.isfinite(value) or too_small:
-        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum}"
-        raise ValueError(f"{name}: expected a finite number{bound}, got {value}")
-    return value
+# ---------------------------------------------------------------------------------------
+# the rules (specs/anchor_free.md §1, §4): what differs between the assigners
 
 
-def _divide_or_zero(numerator, denominator):
-    out = np.zeros(np.broadcast(numerator, denominator).shape)
-    np.divide(numerator, denominator, out=out, where=denominator > 0)
-    return out
+@dataclass(frozen=True)
+class _Rule:
+    """One anchor-free rule.
+
+    Attributes:
+        defaults: the rule's options and their defaults (the keyword arguments of
+            ``assign_<name>`` after ``regress_ranges``).
+        limits: ``{option: (minimum, strict)}`` for the numeric options: finite, and
+            ``>= minimum`` (``> minimum`` when strict) unless ``minimum`` is None.
+        passes: step 4, ``passes(ltrb, **options) -> bool`` per point; None keeps every
+            candidate.
+        reports: the option reported as ``gt_threshold``; None reports NaN.
+    """
+
+    defaults: dict = field(default_factory=dict)
+    limits: dict = field(default_factory=dict)
+    passes: object = None
+    reports: str = None
+
+    def check(self, options):
+        """The rule's options, defaults filled in and numbers checked."""
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"{unknown[0]}: not an option of this rule; expected one of {sorted(self.defaults)}")
+        options = {**self.defaults, **options}
+        for name, (minimum, strict) in self.limits.items():
+            options[name] = check_number(options[name], name, minimum=minimum, strict=strict)
+        return options
+
+    def center_radius(self, options):
+        """Step 2's centre-sampling radius (FCOS with centre sampling), or None."""
+        return options["center_radius"] if options.get("center_sampling") else None
+
+    def keep(self, ltrb, options):
+        """Step 4 on the (P, 4) distances of the positives: (P,) bool, or None (no filter)."""
+        return None if self.passes is None else self.passes(ltrb, **options)
+
+    def threshold(self, options):
+        """The rule's ``gt_threshold`` value (§5)."""
+        return math.nan if self.reports is None else options[self.reports]
+
+
+_RULES = {
+    "all_inside": _Rule(),
+    "pseudo_iou": _Rule(
+        defaults={"threshold": 0.4, "inclusive": False},
+        limits={"threshold": (None, False)},
+        passes=_passes_pseudo_iou,
+        reports="threshold",
+    ),
+    "scaled_box": _Rule(
+        defaults={"scale": 0.6},
+        limits={"scale": (0.0, False)},
+        passes=_passes_scaled_box,
+        reports="scale",
+    ),
+    "centerness": _Rule(
+        defaults={"threshold": 0.35, "inclusive": False},
+        limits={"threshold": (None, False)},
+        passes=_passes_centerness,
+        reports="threshold",
+    ),
+    "fcos": _Rule(
+        defaults={"center_sampling": True, "center_radius": FCOS_CENTER_RADIUS},
+        limits={"center_radius": (0.0, True)},
+    ),
+}
+
+#: The names of the anchor-free rules, in the order of specs/anchor_free.md §1.
+ANCHOR_FREE_RULES = tuple(_RULES)

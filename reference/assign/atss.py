@@ -8,19 +8,24 @@ highest IoU, then to the lower GT index.
 
 The step helpers below (``select_candidates``, ``candidate_ious``,
 ``mean_plus_std_threshold``, ``centers_inside``, ``resolve_multiple_matches``) are reused by
-Dynamic ATSS (``reference/assign/dynamic_atss.py``).
+Dynamic ATSS (``assign/dynamic_atss.py``).
 """
-import math
-
 import numpy as np
 
 from reference.assign.result import Assignment, empty_assignment
-from reference.boxes import box_centers, box_iou
+from reference.boxes import _centers, box_iou
 from reference.conventions import ATSS_INSIDE_EPS, ATSS_TOPK, BACKGROUND
-from reference.validation import as_boxes, check_level_counts
+from reference.validation import as_boxes, check_level_counts, check_number, check_topk
 
 
-def assign_atss(anchors, num_anchors_per_level, gt_boxes, *, topk=ATSS_TOPK, inside_eps=ATSS_INSIDE_EPS):
+def assign_atss(
+    anchors,
+    num_anchors_per_level,
+    gt_boxes,
+    *,
+    topk=ATSS_TOPK,
+    inside_eps=ATSS_INSIDE_EPS,
+):
     """Assign anchors to GTs with ATSS (specs/atss.md §2).
 
     Args:
@@ -35,8 +40,8 @@ def assign_atss(anchors, num_anchors_per_level, gt_boxes, *, topk=ATSS_TOPK, ins
     Returns:
         Assignment with
         matched_gt (A,) int64 in {-1, 0..G-1} (ATSS never ignores),
-        matched_metric (A,) float64 IoU with the assigned GT (0 for background),
-        gt_threshold (G,) float64 mean + sample std of the candidate IoUs (NaN when C = 0),
+        matched_metric (A,) IoU with the assigned GT (0 for background),
+        gt_threshold (G,) mean + sample std of the candidate IoUs (NaN when C = 0),
         candidate_index (G, C) int64, C = sum_l min(topk, A_l), level by level, within a
         level in (distance, anchor index) order.
 
@@ -48,7 +53,7 @@ def assign_atss(anchors, num_anchors_per_level, gt_boxes, *, topk=ATSS_TOPK, ins
     gt_boxes = as_boxes(gt_boxes, "gt_boxes")
     counts = check_level_counts(num_anchors_per_level, len(anchors), "num_anchors_per_level")
     topk = check_topk(topk)
-    inside_eps = check_nonnegative(inside_eps, "inside_eps")
+    inside_eps = check_number(inside_eps, "inside_eps", minimum=0.0)
     num_candidates = sum(min(topk, n) for n in counts)
     if len(gt_boxes) == 0:  # §4.1: nothing to match; every anchor is background
         return empty_assignment(len(anchors), 0, num_candidates)
@@ -56,7 +61,7 @@ def assign_atss(anchors, num_anchors_per_level, gt_boxes, *, topk=ATSS_TOPK, ins
     candidate_index = select_candidates(gt_boxes, anchors, counts, topk)
     ious = candidate_ious(gt_boxes, anchors, candidate_index)
     threshold = mean_plus_std_threshold(ious)
-    is_positive = (ious >= threshold[:, None]) & centers_inside(gt_boxes, anchors, candidate_index, inside_eps)
+    is_positive = (ious >= threshold[..., None]) & centers_inside(gt_boxes, anchors, candidate_index, inside_eps)
     matched_gt, matched_metric = resolve_multiple_matches(candidate_index, ious, is_positive, len(anchors))
     return Assignment(matched_gt, matched_metric, threshold, candidate_index)
 
@@ -75,7 +80,7 @@ def select_candidates(gt_boxes, anchors, num_anchors_per_level, topk):
 
     Args:
         gt_boxes: (G, 4) float64 xyxy.
-        anchors: (A, 4) float64 xyxy.
+        anchors: (A, 4) xyxy.
         num_anchors_per_level: L ints summing to A.
         topk: int >= 1.
 
@@ -83,8 +88,8 @@ def select_candidates(gt_boxes, anchors, num_anchors_per_level, topk):
         (G, C) int64 anchor indices into ``anchors``, C = sum_l min(topk, A_l); level 0's
         candidates first.
     """
-    gt_centers = box_centers(gt_boxes)
-    anchor_centers = box_centers(anchors)
+    gt_centers = _centers(gt_boxes)
+    anchor_centers = _centers(anchors)
     num_candidates = sum(min(topk, n) for n in num_anchors_per_level)
     candidate_index = np.zeros((len(gt_boxes), num_candidates), dtype=np.int64)
     for g in range(len(gt_boxes)):
@@ -107,7 +112,7 @@ def candidate_ious(gt_boxes, boxes, candidate_index):
 
     Args:
         gt_boxes: (G, 4) float64 xyxy.
-        boxes: (A, 4) float64 xyxy, one box per anchor (the anchors themselves for ATSS;
+        boxes: (A, 4) xyxy, one box per anchor (the anchors themselves for ATSS;
             finite decoded predictions for Dynamic ATSS).
         candidate_index: (G, C) int64.
 
@@ -126,7 +131,7 @@ def mean_plus_std_threshold(values):
 
     ``mean = sum / n`` and ``std = sqrt(sum((v - mean) ** 2) / (n - 1))`` (sample std,
     divisor ``n - 1``; specs/conventions.md §6). Both sums run left to right in candidate
-    order, so the torch twin reproduces them bit for bit on CPU in float64.
+    order, so the two trees agree bit for bit on CPU in float64.
 
     Args:
         values: (G, C) float64.
@@ -135,14 +140,14 @@ def mean_plus_std_threshold(values):
         (G,) float64 ``mean + std``; ``std = 0`` when C = 1 (the threshold is the single
         value); NaN when C = 0 (no candidates, no threshold).
     """
-    count = values.shape[1]
+    count = values.shape[-1]
     if count == 0:
-        return np.full(values.shape[0], np.nan)
-    mean = np.cumsum(values, axis=1)[:, -1] / count
+        return np.full(values.shape[:-1], np.nan)
+    mean = np.cumsum(values, axis=-1)[..., -1] / count
     if count == 1:
         return mean + 0.0
-    deviation = values - mean[:, None]
-    variance = np.cumsum(deviation * deviation, axis=1)[:, -1] / (count - 1)
+    deviation = values - mean[..., None]
+    variance = np.cumsum(deviation * deviation, axis=-1)[..., -1] / (count - 1)
     return mean + np.sqrt(variance)
 
 
@@ -151,22 +156,18 @@ def centers_inside(gt_boxes, anchors, candidate_index, eps):
 
     Args:
         gt_boxes: (G, 4) float64 xyxy.
-        anchors: (A, 4) float64 xyxy.
+        anchors: (A, 4) xyxy.
         candidate_index: (G, C) int64.
         eps: float; inside means ``min(x - x1, y - y1, x2 - x, y2 - y) > eps`` (strict).
 
     Returns:
         (G, C) bool. A zero-width or zero-height GT contains no centre for any ``eps >= 0``.
     """
-    centers = box_centers(anchors)
-    inside = np.zeros(candidate_index.shape, dtype=bool)
-    for g in range(len(gt_boxes)):
-        x = centers[candidate_index[g], 0]
-        y = centers[candidate_index[g], 1]
-        x1, y1, x2, y2 = gt_boxes[g]
-        margin = np.minimum(np.minimum(x - x1, y - y1), np.minimum(x2 - x, y2 - y))
-        inside[g] = margin > eps
-    return inside
+    centers = _centers(anchors[candidate_index])  # (G, C, 2)
+    x, y = centers[..., 0], centers[..., 1]
+    x1, y1, x2, y2 = (gt_boxes[..., i, None] for i in range(4))
+    margin = np.minimum(np.minimum(x - x1, y - y1), np.minimum(x2 - x, y2 - y))
+    return margin > eps
 
 
 def resolve_multiple_matches(candidate_index, candidate_metric, is_positive, num_anchors):
@@ -196,22 +197,3 @@ def resolve_multiple_matches(candidate_index, candidate_metric, is_positive, num
     matched_metric = np.where(matched_gt >= 0, best_metric, 0.0)
     return matched_gt, matched_metric
 
-
-# ---------------------------------------------------------------------------------------
-# option checks
-
-
-def check_topk(topk):
-    """``topk`` must be an int >= 1 (bools are rejected)."""
-    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
-        raise ValueError(f"topk: expected an int >= 1, got {topk!r}")
-    return int(topk)
-
-
-def check_nonnegative(value, name):
-    """``value`` must be a finite real number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
-    return float(value)

@@ -5,17 +5,23 @@ makes it positive, IoU < neg_iou_thr background, anything in between IGNORE. Opt
 every GT also claims its best anchors ("low-quality matches"), which override the
 thresholds.
 """
-import math
-
 import numpy as np
 
 from reference.assign.result import Assignment, empty_assignment
 from reference.boxes import box_iou
 from reference.conventions import BACKGROUND, IGNORE
-from reference.validation import as_boxes
+from reference.validation import as_boxes, check_bool, check_number
 
 
-def assign_max_iou(anchors, gt_boxes, *, pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0.0, match_low_quality=False):
+def assign_max_iou(
+    anchors,
+    gt_boxes,
+    *,
+    pos_iou_thr=0.5,
+    neg_iou_thr=0.4,
+    min_pos_iou=0.0,
+    match_low_quality=False,
+):
     """Assign anchors to GTs by maximum IoU (specs/max_iou.md §2).
 
     Args:
@@ -30,8 +36,8 @@ def assign_max_iou(anchors, gt_boxes, *, pos_iou_thr=0.5, neg_iou_thr=0.4, min_p
 
     Returns:
         Assignment with matched_gt (A,) int64 in {-2, -1, 0..G-1}; matched_metric (A,)
-        float64 IoU with the assigned GT (0 for background and IGNORE); gt_threshold (G,)
-        float64 all equal to ``pos_iou_thr``; candidate_index (G, 0) int64.
+        IoU with the assigned GT (0 for background and IGNORE); gt_threshold (G,)
+        all equal to ``pos_iou_thr``; candidate_index (G, 0) int64.
 
     Raises:
         ValueError: bad boxes; a non-finite threshold; ``neg_iou_thr > pos_iou_thr``;
@@ -39,13 +45,12 @@ def assign_max_iou(anchors, gt_boxes, *, pos_iou_thr=0.5, neg_iou_thr=0.4, min_p
     """
     anchors = as_boxes(anchors, "anchors")
     gt_boxes = as_boxes(gt_boxes, "gt_boxes")
-    pos_iou_thr = check_finite(pos_iou_thr, "pos_iou_thr")
-    neg_iou_thr = check_finite(neg_iou_thr, "neg_iou_thr")
-    min_pos_iou = check_finite(min_pos_iou, "min_pos_iou")
+    pos_iou_thr = check_number(pos_iou_thr, "pos_iou_thr")
+    neg_iou_thr = check_number(neg_iou_thr, "neg_iou_thr")
+    min_pos_iou = check_number(min_pos_iou, "min_pos_iou")
     if neg_iou_thr > pos_iou_thr:
         raise ValueError(f"neg_iou_thr: expected <= pos_iou_thr = {pos_iou_thr}, got {neg_iou_thr}")
-    if not isinstance(match_low_quality, (bool, np.bool_)):
-        raise ValueError(f"match_low_quality: expected a bool, got {match_low_quality!r}")
+    match_low_quality = check_bool(match_low_quality, "match_low_quality")
     if len(gt_boxes) == 0:  # §4.1: nothing to match; every anchor is background
         return empty_assignment(len(anchors), 0)
 
@@ -115,7 +120,7 @@ def low_quality_claims(ious, min_pos_iou):
     """
     gt_max = ious.max(axis=1, initial=0.0)  # IoUs are >= 0, so 0 is a neutral start (A = 0)
     eligible = (gt_max >= min_pos_iou) & (gt_max > 0)
-    return eligible[:, None] & (ious == gt_max[:, None])
+    return eligible[..., None] & (ious == gt_max[..., None])
 
 
 def apply_low_quality_matches(ious, claims, matched_gt, matched_metric):
@@ -139,12 +144,3 @@ def apply_low_quality_matches(ious, claims, matched_gt, matched_metric):
     matched_gt = np.where(claimed, winner, matched_gt).astype(np.int64)
     matched_metric = np.where(claimed, ious[winner, np.arange(ious.shape[1])], matched_metric)
     return matched_gt, matched_metric
-
-
-def check_finite(value, name):
-    """``value`` must be a finite real number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    return float(value)

@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from detector.losses import detection_losses_batched  # noqa: E402
+from detector.loss_step import detection_losses_batched  # noqa: E402
 from reference.anchors import multi_level_anchors  # noqa: E402
 from reference.losses import loss_sums, reduce_loss_sums  # noqa: E402
 

@@ -1,5 +1,6 @@
 """Anchor-free assigners, torch only: batched == per-image, dtypes, devices, exact ties,
 memory budget, never NaN (specs/anchor_free.md §8)."""
+import inspect
 import math
 
 import numpy as np
@@ -47,6 +48,32 @@ def test_batched_equals_stacked_single_images(device, dtype, data):
         assert_batched_equals_stacked(result, singles)
         assert result.matched_metric.dtype == dtype and not torch.isnan(result.matched_metric).any()
         assert (result.matched_gt < torch.tensor([len(g) for g in gts], device=device)[:, None]).all()
+
+
+def test_rule_table_is_the_reference_one():
+    assert DAF.ANCHOR_FREE_RULES == tuple(NAMES)
+    for name in NAMES:
+        assert callable(single(name)) and callable(batched(name))
+        # the public functions' keyword defaults are the table's
+        for function in (single(name), batched(name)):
+            parameters = inspect.signature(function).parameters
+            skip = ("points", "num_points_per_level", "gt_boxes", "gt_valid", "strides", "regress_ranges", "max_elements")
+            assert {k: p.default for k, p in parameters.items() if k not in skip} == DAF._RULES[name].defaults, function.__name__
+
+
+def test_generic_batched_function_equals_the_rule_functions():
+    points, counts = scene_points((24, 40), strides=(8,))
+    boxes = torch.tensor([[[0.0, 0.0, 40.0, 24.0], [18.0, 1.0, 40.0, 9.0]], [[3.0, 3.0, 30.0, 20.0], [0.0, 0.0, 0.0, 0.0]]], dtype=torch.float64)
+    valid = torch.tensor([[True, True], [True, False]])
+    for name in NAMES:
+        expected = batched(name)(points, counts, boxes, valid, **ONE_LEVEL)
+        for result in (DAF.assign_anchor_free_batched(name, points, counts, boxes, valid, **ONE_LEVEL), DAF.assign_anchor_free(name, points, counts, boxes[0], **ONE_LEVEL)):
+            matched = expected.matched_gt if result.matched_gt.ndim == 2 else expected.matched_gt[0]
+            torch.testing.assert_close(result.matched_gt, matched, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="rule"):
+        DAF.assign_anchor_free_batched("nearest", points, counts, boxes, valid, **ONE_LEVEL)
+    with pytest.raises(ValueError, match="inclusive"):
+        DAF.assign_anchor_free_batched("scaled_box", points, counts, boxes, valid, **ONE_LEVEL, inclusive=True)
 
 
 def test_empty_batch_and_all_padding():

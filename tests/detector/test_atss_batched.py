@@ -7,12 +7,9 @@ torch = pytest.importorskip("torch")
 
 from detector.anchors import multi_level_anchors  # noqa: E402
 from detector.assign.atss import assign_atss, assign_atss_batched  # noqa: E402
-from detector.assign.dynamic_atss import (  # noqa: E402
-    assign_dynamic_atss,
-    assign_dynamic_atss_batched,
-    dynamic_atss_soft_targets,
-)
+from detector.assign.dynamic_atss import assign_dynamic_atss, assign_dynamic_atss_batched  # noqa: E402
 from detector.assign.max_iou import assign_max_iou, assign_max_iou_batched  # noqa: E402
+from detector.coders import decode_deltas  # noqa: E402
 
 SIZE = (96, 128)
 STRIDES = (8, 16, 32)
@@ -25,11 +22,16 @@ def _scene(dtype=torch.float32):
     return anchors.to(dtype), counts, gts, valid
 
 
+def _decode(anchors, deltas):
+    """(A, 4) anchors, (B, A, 4) raw deltas -> (B, A, 4) predicted boxes (the pipeline's decode)."""
+    return torch.stack([decode_deltas(anchors, image_deltas) for image_deltas in deltas.unbind(0)])
+
+
 def _all_assigners(anchors, counts, gts, valid, **kwargs):
-    deltas = torch.zeros((gts.shape[0], anchors.shape[0], 4), dtype=anchors.dtype)
+    predictions = anchors.expand(gts.shape[0], -1, -1)  # what zero deltas decode to
     return {
         "atss": assign_atss_batched(anchors, counts, gts, valid, **kwargs),
-        "dynamic": assign_dynamic_atss_batched(anchors, counts, gts, valid, deltas, **kwargs),
+        "dynamic": assign_dynamic_atss_batched(anchors, counts, gts, valid, predictions, **kwargs),
         "max_iou": assign_max_iou_batched(anchors, gts, valid, match_low_quality=True, **kwargs),
     }
 
@@ -76,18 +78,44 @@ def test_integer_boxes_become_the_default_float_dtype():
 def test_dynamic_detaches_predictions_and_upcasts_half():
     anchors, counts, gts, valid = _scene()
     deltas = (torch.randn((2, anchors.shape[0], 4), generator=torch.Generator().manual_seed(0)) * 0.3).requires_grad_(True)
-    with_grad = assign_dynamic_atss_batched(anchors, counts, gts, valid, deltas)
-    without = assign_dynamic_atss_batched(anchors, counts, gts, valid, deltas.detach())
+    boxes = _decode(anchors, deltas)
+    assert boxes.requires_grad
+    with_grad = assign_dynamic_atss_batched(anchors, counts, gts, valid, boxes)
+    without = assign_dynamic_atss_batched(anchors, counts, gts, valid, boxes.detach())
     for field in ("matched_gt", "matched_metric", "gt_threshold", "candidate_index"):
         torch.testing.assert_close(getattr(with_grad, field), getattr(without, field), equal_nan=True, rtol=0, atol=0)
         assert not getattr(with_grad, field).requires_grad
-    soft = dynamic_atss_soft_targets(anchors, gts[0], deltas[0], with_grad.matched_gt[0])
-    assert not soft.requires_grad
-    assert ((soft >= 0) & (soft <= 1)).all() and (soft[with_grad.matched_gt[0] < 0] == 0).all()
-    half = assign_dynamic_atss(anchors, counts, gts[0], deltas[0].detach().half())
+    single_with_grad = assign_dynamic_atss(anchors, counts, gts[0], boxes[0])
+    assert not single_with_grad.matched_metric.requires_grad
+    torch.testing.assert_close(single_with_grad.matched_gt, with_grad.matched_gt[0], rtol=0, atol=0)
+    half = assign_dynamic_atss(anchors, counts, gts[0], boxes[0].detach().half())
     assert half.matched_metric.dtype == torch.float32
-    single = assign_dynamic_atss(anchors, counts, gts[0], deltas[0].detach().half().float())
+    single = assign_dynamic_atss(anchors, counts, gts[0], boxes[0].detach().half().float())
     torch.testing.assert_close(half.matched_gt, single.matched_gt, rtol=0, atol=0)
+
+
+def test_decoding_all_anchors_equals_the_old_decoding_of_candidates():
+    # the assigner used to decode the deltas of the candidates only; decoding every anchor
+    # first (what the pipeline does) is the same elementwise arithmetic, bit for bit
+    anchors, counts, gts, valid = _scene(torch.float64)
+    deltas = torch.randn((2, anchors.shape[0], 4), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    result = assign_dynamic_atss_batched(anchors, counts, gts, valid, _decode(anchors, deltas))
+    index = result.candidate_index.clamp(min=0)
+    image = torch.arange(2)[:, None, None]
+    candidates = decode_deltas(anchors[index].reshape(-1, 4), deltas[image, index].reshape(-1, 4)).view(*index.shape, 4)
+    torch.testing.assert_close(candidates, _decode(anchors, deltas)[image, index], rtol=0, atol=0)
+
+
+def test_finite_inverted_predicted_box_is_an_error():
+    anchors, counts, gts, valid = _scene()
+    boxes = anchors.expand(2, -1, -1).clone()
+    boxes[1, 5] = torch.tensor([10.0, 0.0, 4.0, 8.0])
+    with pytest.raises(ValueError, match=r"pred_boxes: row \(1, 5\) has x2 < x1"):
+        assign_dynamic_atss_batched(anchors, counts, gts, valid, boxes)
+    with pytest.raises(ValueError, match=r"pred_boxes: row 5 has x2 < x1"):
+        assign_dynamic_atss(anchors, counts, gts[0], boxes[1])
+    boxes[1, 5, 1] = float("nan")  # not finite: allowed (PIoU 0)
+    assign_dynamic_atss_batched(anchors, counts, gts, valid, boxes)
 
 
 def test_garbage_predictions_never_give_nan():
@@ -95,7 +123,7 @@ def test_garbage_predictions_never_give_nan():
     deltas = torch.full((2, anchors.shape[0], 4), float("nan"))
     deltas[:, ::2] = float("inf")
     deltas[:, 1::3] = 1e30
-    result = assign_dynamic_atss_batched(anchors, counts, gts, valid, deltas)
+    result = assign_dynamic_atss_batched(anchors, counts, gts, valid, _decode(anchors, deltas))
     atss = assign_atss_batched(anchors, counts, gts, valid)
     assert not torch.isnan(result.matched_metric).any()
     torch.testing.assert_close(result.matched_gt, atss.matched_gt, rtol=0, atol=0)  # P = 0 everywhere -> ATSS
@@ -128,8 +156,10 @@ def test_distance_ties_go_to_lower_anchor_index_on_a_grid():
         (lambda a, c, g, v: assign_atss_batched(a, c, g, v, max_elements=0), "max_elements"),
         (lambda a, c, g, v: assign_atss_batched(a, c, g, v, topk=0), "topk"),
         (lambda a, c, g, v: assign_atss_batched(a, c[:-1], g, v), "num_anchors_per_level"),
-        (lambda a, c, g, v: assign_dynamic_atss_batched(a, c, g, v, torch.zeros((2, 5, 4))), "pred_deltas"),
-        (lambda a, c, g, v: assign_dynamic_atss_batched(a, c, g, v, torch.zeros((2, a.shape[0], 4)), stds=(1, 1)), "stds"),
+        (lambda a, c, g, v: assign_dynamic_atss_batched(a, c, g, v, torch.zeros((2, 5, 4))), "pred_boxes"),
+        (lambda a, c, g, v: assign_dynamic_atss_batched(a, c, g, v, torch.zeros((1, a.shape[0], 4))), "pred_boxes"),
+        (lambda a, c, g, v: assign_dynamic_atss_batched(a, c, g, v, torch.zeros((2, a.shape[0], 4)), pred_weight=-1.0), "pred_weight"),
+        (lambda a, c, g, v: assign_max_iou_batched(a, g, v, match_low_quality=1), "match_low_quality"),
         (lambda a, c, g, v: assign_max_iou_batched(a, g, v, neg_iou_thr=0.9), "neg_iou_thr"),
         (lambda a, c, g, v: assign_max_iou(a, torch.tensor([[0.0, 0, float("nan"), 1]])), "gt_boxes"),
     ],

@@ -55,7 +55,7 @@ def test_ablation_rows():
     assert CONFIGS["dyn_atss_w1p0_1p5_r50_1x"].assign.anchor_weight == 1.5
     assert CONFIGS["dyn_atss_dup_ddown_r50_1x"].assign.pred_weight_schedule == "up"
     assert CONFIGS["dyn_atss_dup_ddown_r50_1x"].assign.anchor_weight_schedule == "down"
-    thresholds = sorted(c.assign.piou_threshold for n, c in CONFIGS.items() if n.startswith("piou_t0"))
+    thresholds = sorted(c.assign.threshold for n, c in CONFIGS.items() if n.startswith("piou_t0"))
     assert thresholds == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
     baseline = CONFIGS["af_baseline_r50_1x"]
     assert (baseline.head.family, baseline.assign.name, baseline.loss.box, baseline.head.quality) == (
@@ -67,11 +67,11 @@ def test_ablation_rows():
 
 def test_dynamic_weight_schedules():
     pytest.importorskip("torch")
-    from detector.modeling.detector import dynamic_weights
+    from detector.modeling.assigners import dynamic_weights
 
-    assert dynamic_weights(CONFIGS["dyn_atss_dup_r50_1x"], 250, 1000) == (0.25, 1.0)
-    assert dynamic_weights(CONFIGS["dyn_atss_ddown_r50_1x"], 250, 1000) == (1.0, 0.75)
-    assert dynamic_weights(CONFIGS["dyn_atss_w1p5_1p0_r50_1x"], 250, 1000) == (1.5, 1.0)
+    assert dynamic_weights(CONFIGS["dyn_atss_dup_r50_1x"].assign, 250, 1000) == (0.25, 1.0)
+    assert dynamic_weights(CONFIGS["dyn_atss_ddown_r50_1x"].assign, 250, 1000) == (1.0, 0.75)
+    assert dynamic_weights(CONFIGS["dyn_atss_w1p5_1p0_r50_1x"].assign, 250, 1000) == (1.5, 1.0)
 
 
 def test_lr_schedule():
@@ -90,10 +90,10 @@ def test_lr_schedule():
 
 
 def test_overrides_are_parsed_by_type():
-    config = get_config("demo", [
+    config = get_config("demo_piou", [
         "solver.lr=0.5", "solver.epochs=3", "solver.steps=1,2", "fpn.levels=3,4", "data.flip=0",
         "backbone.weights=/some/file.pth", "solver.grad_clip_norm=none", "assign.center_sampling=false",
-        "data.digits_object_size=8,24.5", "seed=7", "assign.regress_ranges=-1,64,64,inf",
+        "data.digits_object_size=8,24.5", "seed=7", "assign.regress_ranges=-1,64,64,inf", "assign.name=fcos",
     ])
     assert config.solver.lr == 0.5 and config.solver.epochs == 3 and config.solver.steps == (1, 2)
     assert config.fpn.levels == (3, 4) and config.strides == (8, 16)
@@ -109,12 +109,17 @@ def test_overrides_are_parsed_by_type():
     ("optim.lr=1", "unknown config key 'optim.lr'"),
     ("solver.lr=fast", "solver.lr: expected a number"),
     ("solver.epochs=1.5", "solver.epochs: expected an int"),
-    ("assign.center_sampling=maybe", "expected a bool"),
+    ("data.drop_empty_train=maybe", "expected a bool"),
+    ("assign.topk=nine", "assign.topk: expected an int"),
+    ("assign.threshold=0.5", "unknown config key 'assign.threshold' (assign.name=dynamic_atss); valid keys here: "
+                             "anchor_weight, anchor_weight_schedule, pred_weight, pred_weight_schedule, topk"),
+    ("assign.name=pseudo_iou", "assign.name: pseudo_iou needs head.family=anchor_free"),
+    ("assign.pred_weight_schedule=sideways", "assign.pred_weight_schedule: expected one of constant, up, down"),
     ("solver=1", "is a section"),
     ("solver.lr.x=1", "has no sub-keys"),
     ("solver.lr", "expected key=value"),
     ("assign.name=nonsense", "assign.name"),
-    ("head.family=anchor_free", "assign.name"),  # atss is not an anchor-free assigner
+    ("head.family=anchor_free", "assign.name: dynamic_atss needs head.family=anchor_based"),
     ("head.width=30", "divisible"),
     ("fpn.levels=3,5", "fpn.levels"),
     ("head.quality=none", "score_mode"),
@@ -127,3 +132,35 @@ def test_bad_overrides_raise_clear_errors(override, message):
 def test_unknown_config_name():
     with pytest.raises(ValueError, match="--list"):
         get_config("no_such_config")
+
+
+def test_assign_name_switches_to_the_defaults_of_that_assigner_in_any_order():
+    from detector.modeling.assigners import CenternessOptions
+
+    for order in (["assign.name=centerness", "assign.threshold=0.3"], ["assign.threshold=0.3", "assign.name=centerness"]):
+        config = get_config("demo_piou", order)
+        assert config.assign == CenternessOptions(threshold=0.3)
+    assert get_config("demo_piou", ["assign.name=pseudo_iou"]).assign.threshold == 0.4  # the default, not 0.3
+
+
+def test_choice_lists_come_from_the_assigner_table():
+    from detector.modeling.assigners import ASSIGNERS
+
+    assert set(configs.ANCHOR_BASED_ASSIGNERS) | set(configs.ANCHOR_FREE_ASSIGNERS) == set(ASSIGNERS)
+    assert {ASSIGNERS[n].family for n in configs.ANCHOR_BASED_ASSIGNERS} == {"anchor_based"}
+    assert {ASSIGNERS[n].family for n in configs.ANCHOR_FREE_ASSIGNERS} == {"anchor_free"}
+    for name, config in CONFIGS.items():  # every named config holds the options class of its assigner
+        assert type(config.assign) is ASSIGNERS[config.assign.name].options, name
+
+
+def test_configs_saved_with_the_flat_assign_section_still_load():
+    """Run directories written before each assigner had its own options hold one flat
+    ``assign`` bag; ``from_dict`` maps it to the chosen assigner's options."""
+    flat = {"name": "pseudo_iou", "topk": 9, "pred_weight": 1.0, "anchor_weight": 1.0, "pred_weight_schedule": "constant",
+            "anchor_weight_schedule": "constant", "pos_iou_thr": 0.5, "neg_iou_thr": 0.4, "piou_threshold": 0.3,
+            "box_scale": 0.6, "centerness_threshold": 0.35, "center_sampling": True, "center_radius": 1.5,
+            "regress_ranges": None}
+    saved = to_dict(CONFIGS["demo_piou"]) | {"assign": flat}
+    assert from_dict(saved) == get_config("demo_piou", ["assign.threshold=0.3"])
+    dynamic = to_dict(CONFIGS["demo"]) | {"assign": flat | {"name": "dynamic_atss", "pred_weight": 0.5}}
+    assert from_dict(dynamic) == get_config("demo", ["assign.pred_weight=0.5"])

@@ -557,7 +557,8 @@ def test_collate_rejects_an_empty_batch():
 
 def test_pad_targets_shapes_and_fill():
     targets = [_target(2), _target(0), _target(3)]
-    gt_boxes, gt_labels, gt_valid = pad_targets(targets)
+    gt_boxes, gt_labels, gt_valid, ignore_boxes, ignore_valid = pad_targets(targets)
+    assert ignore_boxes.shape == (3, 0, 4) and ignore_valid.shape == (3, 0)  # no target has ignore regions
     assert gt_boxes.shape == (3, 3, 4) and gt_boxes.dtype == torch.float32
     assert gt_labels.shape == (3, 3) and gt_labels.dtype == torch.int64
     assert gt_valid.shape == (3, 3) and gt_valid.dtype == torch.bool
@@ -570,7 +571,7 @@ def test_pad_targets_shapes_and_fill():
 
 
 def test_pad_targets_with_no_boxes_at_all():
-    gt_boxes, gt_labels, gt_valid = pad_targets([_target(0), _target(0)])
+    gt_boxes, gt_labels, gt_valid, _, _ = pad_targets([_target(0), _target(0)])
     assert gt_boxes.shape == (2, 0, 4)
     assert gt_labels.shape == (2, 0)
     assert gt_valid.shape == (2, 0)
@@ -581,6 +582,16 @@ def test_pad_targets_rejects_mismatched_labels():
     target["labels"] = target["labels"][:1]
     with pytest.raises(ValueError, match="targets\\[0\\]"):
         pad_targets([target])
+
+
+def test_pad_targets_carries_ignore_regions():
+    targets = [_target(1), dict(_target(2), ignore_boxes=torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 5.0, 5.0]])),
+               dict(_target(0), ignore_boxes=torch.zeros(0, 4))]
+    padded = pad_targets(targets)
+    assert padded.ignore_boxes.shape == (3, 2, 4) and padded.ignore_boxes.dtype == padded.gt_boxes.dtype
+    torch.testing.assert_close(padded.ignore_valid, torch.tensor([[False, False], [True, True], [False, False]]))
+    torch.testing.assert_close(padded.ignore_boxes[1], targets[1]["ignore_boxes"])
+    assert float(padded.ignore_boxes[0].abs().sum()) == 0.0
 
 
 def test_pad_boxes_for_ignore_regions():

@@ -1,13 +1,14 @@
-"""detector/losses.py and detector/targets.py in torch alone: gradients, dtypes, NaN-freedom,
-batched == per-image (specs/losses.md, specs/targets.md)."""
+"""detector/losses.py, detector/loss_step.py and the targets in torch alone: gradients, dtypes,
+NaN-freedom, batched == per-image (specs/losses.md, specs/targets.md)."""
 import math
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from detector import batched_targets as BT  # noqa: E402
+from detector import loss_step as LS  # noqa: E402
 from detector import losses as DL  # noqa: E402
-from detector import targets as DT  # noqa: E402
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")])]
 ELEMENTWISE = [DL.bce_with_logits, DL.sigmoid_focal_loss, DL.quality_focal_loss, DL.varifocal_loss]
@@ -121,7 +122,7 @@ def test_batched_sums_equal_the_sum_of_per_image_sums(cls_loss, quality):
     if quality == "none":
         batch["quality_logits"] = None
     options = dict(cls_loss=cls_loss, box_loss="giou", quality=quality)
-    batched = DL.loss_sums_batched(**batch, **options)
+    batched = LS.loss_sums_batched(**batch, **options)
     per_image = []
     for b in range(len(batch["cls_logits"])):
         valid = batch["gt_valid"][b]
@@ -141,8 +142,31 @@ def test_batched_sums_equal_the_sum_of_per_image_sums(cls_loss, quality):
     for key in batched:
         torch.testing.assert_close(batched[key], sum(s[key] for s in per_image), rtol=1e-12, atol=1e-12)
     terms = DL.reduce_loss_sums(per_image)
-    for key, value in DL.detection_losses_batched(**batch, **options).items():
+    for key, value in LS.detection_losses_batched(**batch, **options).items():
         torch.testing.assert_close(value, terms[key], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls_loss", DL.CLS_LOSSES)
+@pytest.mark.parametrize("quality", DL.QUALITY_BRANCHES)
+def test_loss_targets_batched_are_the_target_builders(cls_loss, quality):
+    """Step 1 of the batched loss step (specs/losses.md §7) builds the targets of specs/targets.md §2-§5."""
+    batch = make_batch(dtype=torch.float64)
+    matched, gts, labels, valid = batch["matched_gt"], batch["gt_boxes"], batch["gt_labels"], batch["gt_valid"]
+    cls_t, weights, box_t, quality_t, positive = LS.loss_targets_batched(
+        batch["pred_boxes"], batch["centers"], matched, gts, labels, valid, 4, cls_loss, quality, torch.float32
+    )
+    ious = BT.iou_targets_batched(batch["pred_boxes"], matched, gts, valid)
+    scores = None if cls_loss == "focal" else ious
+    expected_cls, expected_weights = BT.class_targets_batched(matched, labels, 4, scores, valid, dtype=torch.float32)
+    assert torch.equal(cls_t, expected_cls) and torch.equal(weights, expected_weights)
+    assert torch.equal(box_t, BT.box_targets_batched(matched, gts, valid))
+    expected_quality = {
+        "centerness": lambda: BT.centerness_targets_batched(batch["centers"], matched, gts, valid),
+        "iou": lambda: ious,
+        "none": lambda: torch.ones(matched.shape, dtype=torch.float32),
+    }[quality]()
+    assert torch.equal(quality_t, expected_quality)
+    assert torch.equal(positive, matched >= 0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -154,7 +178,7 @@ def test_loss_step_backward_is_finite_in_float32_with_extreme_logits(device, cls
     batch["quality_logits"] = batch["quality_logits"].sign() * 50.0
     for key in ("cls_logits", "pred_boxes", "quality_logits"):
         batch[key] = batch[key].clone().requires_grad_(True)
-    terms = DL.detection_losses_batched(**batch, cls_loss=cls_loss, box_loss=box_loss, quality="iou")
+    terms = LS.detection_losses_batched(**batch, cls_loss=cls_loss, box_loss=box_loss, quality="iou")
     assert all(value.dtype == torch.float32 for value in terms.values())
     sum(terms.values()).backward()
     for key in ("cls_logits", "pred_boxes", "quality_logits"):
@@ -166,7 +190,7 @@ def test_zero_positives_give_zero_box_and_quality_terms_and_zero_box_gradient():
     batch = make_batch()
     batch["matched_gt"] = torch.where(batch["matched_gt"] >= 0, -1, batch["matched_gt"])
     batch["pred_boxes"].requires_grad_(True)
-    terms = DL.detection_losses_batched(**batch)
+    terms = LS.detection_losses_batched(**batch)
     assert terms["loss_box"].item() == 0.0 and terms["loss_quality"].item() == 0.0
     assert terms["loss_cls"].item() > 0 and math.isfinite(terms["loss_cls"].item())
     sum(terms.values()).backward()
@@ -178,8 +202,8 @@ def test_iou_targets_are_detached_so_soft_cls_loss_sends_no_gradient_to_boxes():
     batch = make_batch(dtype=torch.float64)
     for key in ("cls_logits", "pred_boxes", "quality_logits"):
         batch[key].requires_grad_(True)
-    assert not DT.iou_targets_batched(batch["pred_boxes"], batch["matched_gt"], batch["gt_boxes"], batch["gt_valid"]).requires_grad
-    terms = DL.detection_losses_batched(**batch, cls_loss="qfl", quality="iou")
+    assert not BT.iou_targets_batched(batch["pred_boxes"], batch["matched_gt"], batch["gt_boxes"], batch["gt_valid"]).requires_grad
+    terms = LS.detection_losses_batched(**batch, cls_loss="qfl", quality="iou")
     for key in ("loss_cls", "loss_quality"):
         (grad,) = torch.autograd.grad(terms[key], batch["pred_boxes"], allow_unused=True, retain_graph=True)
         assert grad is None or bool((grad == 0).all()), key
@@ -189,11 +213,11 @@ def test_iou_targets_are_detached_so_soft_cls_loss_sends_no_gradient_to_boxes():
 
 def test_dtypes_follow_the_logits():
     for dtype in (torch.float32, torch.float64):
-        terms = DL.detection_losses_batched(**make_batch(dtype=dtype))
+        terms = LS.detection_losses_batched(**make_batch(dtype=dtype))
         assert {value.dtype for value in terms.values()} == {dtype}
     half = make_batch()
     half["cls_logits"] = half["cls_logits"].half()
-    terms = DL.detection_losses_batched(**half)
+    terms = LS.detection_losses_batched(**half)
     assert terms["loss_cls"].dtype == torch.float32  # half is up-cast (specs/conventions.md §7)
 
 
@@ -201,8 +225,8 @@ def test_padded_slot_match_and_bad_options_raise():
     batch = make_batch()
     batch["matched_gt"][1, 0] = 2  # slot 2 is padding
     with pytest.raises(ValueError, match="matched_gt"):
-        DL.detection_losses_batched(**batch)
+        LS.detection_losses_batched(**batch)
     with pytest.raises(ValueError, match="box_loss"):
-        DL.detection_losses_batched(**make_batch(), box_loss="l1")
+        LS.detection_losses_batched(**make_batch(), box_loss="l1")
     with pytest.raises(ValueError, match="quality_logits"):
-        DL.detection_losses_batched(**make_batch(), quality="none")
+        LS.detection_losses_batched(**make_batch(), quality="none")

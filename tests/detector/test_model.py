@@ -10,7 +10,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d  # noqa: E402
 
 from detector.configs import BackboneConfig, get_config  # noqa: E402
 from detector.modeling import FPN, DenseHead, Detector, build_backbone, load_backbone_weights  # noqa: E402
-from detector.modeling.detector import regress_ranges  # noqa: E402
+from detector.modeling.assigners import regress_ranges  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -200,5 +200,5 @@ def test_anchor_free_detector_has_no_anchors_and_auto_regress_ranges():
     out = model(torch.zeros(1, 3, 64, 64))
     priors = model.priors((64, 64), out.feature_sizes)
     assert priors.anchors is None
-    assert regress_ranges(config) == ((-1.0, 64.0), (64.0, 128.0), (128.0, math.inf))
+    assert regress_ranges(config.assign, priors.levels) == ((-1.0, 64.0), (64.0, 128.0), (128.0, math.inf))
     assert set(priors.strides.tolist()) == {8.0, 16.0, 32.0}

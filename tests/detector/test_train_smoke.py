@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from detector import configs, engine  # noqa: E402
+from detector.data import loaders  # noqa: E402
 from detector.data.collate import collate  # noqa: E402
 from detector.modeling import Detector  # noqa: E402
 from detector.train import NonFiniteLossError, train  # noqa: E402
@@ -35,9 +36,9 @@ def data_root(tmp_path_factory):
 
 
 def _fixed_batch(config):
-    data = engine.build_datasets(config)
+    data = loaders.build_datasets(config)
     items = [data.train[i] for i in range(4)]
-    return collate(items, size_divisor=engine.size_divisor(config)), data.num_classes
+    return collate(items, size_divisor=loaders.size_divisor(config)), data.num_classes
 
 
 # ---------------------------------------------------------------------------------------
@@ -85,11 +86,11 @@ def test_images_without_objects_train_without_nan(data_root, name):
     optimizer = engine.build_optimizer(config, model)
     # one empty image in a batch with objects
     mixed = collate([(batch.images[0], _empty_target())] + [(batch.images[i], batch.targets[i]) for i in (1, 2)],
-                    size_divisor=engine.size_divisor(config))
+                    size_divisor=loaders.size_divisor(config))
     result = engine.train_step(model, mixed, config, optimizer, torch.device("cpu"), iteration=0, max_iterations=10)
     assert not result.skipped and all(math.isfinite(v) for v in result.terms.values())
     # a batch where no image has an object: no positives, box and quality terms exactly 0
-    empty = collate([(batch.images[i], _empty_target(i + 1)) for i in range(2)], size_divisor=engine.size_divisor(config))
+    empty = collate([(batch.images[i], _empty_target(i + 1)) for i in range(2)], size_divisor=loaders.size_divisor(config))
     before = [p.detach().clone() for p in model.parameters()]
     result = engine.train_step(model, empty, config, optimizer, torch.device("cpu"), iteration=1, max_iterations=10)
     assert not result.skipped
@@ -121,13 +122,15 @@ def test_nan_step_is_skipped_without_update(data_root):
 
 def test_consecutive_nan_losses_abort_with_a_clear_message(data_root, tmp_path, monkeypatch):
     config = tiny_config(data_root, "demo_atss", "solver.max_bad_steps=3", "solver.epochs=3")
-    real = engine.loss_sums
+    from detector.modeling.objective import DetectionObjective
 
-    def poisoned(*args, **kwargs):
-        sums, boxes = real(*args, **kwargs)
-        return {**sums, "cls": sums["cls"] * math.nan}, boxes
+    real = DetectionObjective.__call__
 
-    monkeypatch.setattr(engine, "loss_sums", poisoned)
+    def poisoned(self, *args, **kwargs):
+        output = real(self, *args, **kwargs)
+        return output._replace(terms={**output.terms, "loss_cls": output.terms["loss_cls"] * math.nan})
+
+    monkeypatch.setattr(DetectionObjective, "__call__", poisoned)
     with pytest.raises(NonFiniteLossError, match="3 consecutive steps"):
         train(config, tmp_path / "run", progress=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
@@ -153,7 +156,7 @@ def test_training_run_writes_log_checkpoints_and_metrics(finished_run):
     assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert json.loads((run_dir / "metrics.json").read_text()).keys() == metrics.keys()
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    iterations = engine.iterations_per_epoch(config, 16) * 2
+    iterations = loaders.iterations_per_epoch(config, 16) * 2
     assert [r["iteration"] for r in records] == list(range(1, iterations + 1))
     for key in ("loss", "loss_cls", "loss_box", "loss_quality", "box_loss_pos", "lr", "num_pos", "num_pos_per_image",
                 "time", "images_per_s", "skipped"):
@@ -213,29 +216,30 @@ def test_crowd_option_is_validated_and_reaches_the_training_loader(data_root, mo
     with pytest.raises(ValueError, match="data.crowd"):
         configs.get_config("demo", ["data.crowd=keep"])
     seen = []
-    original = engine.CocoDetection
+    original = loaders.CocoDetection
 
     def recording(*args, **kwargs):
         seen.append(kwargs.get("crowd", "drop"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "CocoDetection", recording)
-    engine.build_datasets(tiny_config(data_root, "demo_atss", "data.crowd=ignore"))
+    monkeypatch.setattr(loaders, "CocoDetection", recording)
+    loaders.build_datasets(tiny_config(data_root, "demo_atss", "data.crowd=ignore"))
     assert seen == ["ignore", "drop"]  # train split, then val split
 
 
 def _with_ignore_boxes(batch, regions, config):
     items = [(batch.images[b, :, :IMAGE, :IMAGE], dict(batch.targets[b], ignore_boxes=torch.tensor(r, dtype=torch.float32).reshape(-1, 4)))
              for b, r in enumerate(regions)]
-    return collate(items, size_divisor=engine.size_divisor(config))
+    return collate(items, size_divisor=loaders.size_divisor(config))
 
 
 @pytest.mark.parametrize("name", ["demo_atss", "demo_piou"])
 def test_ignore_boxes_turn_covered_background_into_ignore(data_root, name):
     from detector.conventions import BACKGROUND, IGNORE
     from detector.data.collate import pad_targets
-    from detector.modeling.detector import apply_ignore_regions, assign_batch
-    from detector.targets import class_targets_batched
+    from detector.modeling.assigners import assign
+    from detector.modeling.objective import apply_ignore_regions
+    from detector.batched_targets import class_targets_batched
 
     config = tiny_config(data_root, name, "data.crowd=ignore")
     batch, num_classes = _fixed_batch(config)
@@ -246,8 +250,8 @@ def test_ignore_boxes_turn_covered_background_into_ignore(data_root, name):
     with torch.no_grad():
         outputs = model(crowded.images)
     priors = model.priors(tuple(crowded.images.shape[-2:]), outputs.feature_sizes)
-    assignment = assign_batch(config, priors, outputs, targets)
-    marked = apply_ignore_regions(priors, assignment, crowded.targets)
+    assignment = assign(config.assign, priors, targets, priors.decode(outputs.box_regression))
+    marked = apply_ignore_regions(priors, assignment, targets)
 
     x, y = priors.points[:, 0], priors.points[:, 1]
     inside = (x > region[0]) & (y > region[1]) & (x < region[2]) & (y < region[3])
@@ -260,7 +264,7 @@ def test_ignore_boxes_turn_covered_background_into_ignore(data_root, name):
     _, weights = class_targets_batched(after, targets.gt_labels, num_classes, None, targets.gt_valid)
     torch.testing.assert_close(weights[0][expected_ignore], torch.zeros(int(expected_ignore.sum())))
     # no ignore boxes anywhere: the assignment itself comes back
-    assert apply_ignore_regions(priors, assignment, batch.targets) is assignment
+    assert apply_ignore_regions(priors, assignment, pad_targets(batch.targets)) is assignment
 
 
 def test_train_step_with_crowd_regions_is_finite_and_drops_covered_negatives(data_root):

@@ -3,6 +3,9 @@
 - every reference module has a detector twin with the same public names;
 - twins take the same parameters in the same order (the detector may add the
   keyword-only ``device``, ``dtype``, ``max_elements``, and ``batched``);
+- the definitions (top-level functions and classes, public and private) that a module and
+  its twin share appear in the same relative order, so that ``diff`` lines them up (a twin
+  may add definitions in between);
 - reference/ never imports torch; detector/ never imports reference;
 - the named constants are equal.
 """
@@ -78,6 +81,36 @@ def test_every_reference_module_has_a_twin_with_the_same_signatures(name):
             p for p in inspect.signature(detector_api[function_name]).parameters if p not in DETECTOR_ONLY_PARAMETERS
         ]
         assert detector_parameters == reference_parameters, function_name
+
+
+def _definitions(path):
+    """Names of the top-level functions and classes of a module, in file order."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+
+
+def _shared_in_order(reference_names, detector_names):
+    """The names both lists hold, in each list's order: equal lists mean the same order."""
+    shared = set(reference_names) & set(detector_names)
+    return [n for n in reference_names if n in shared], [n for n in detector_names if n in shared]
+
+
+def test_order_check_sees_a_swap():
+    reference_names = ["assign", "select", "_helper"]
+    reference_order, detector_order = _shared_in_order(reference_names, ["assign", "assign_batched", "select", "_fast", "_helper"])
+    assert detector_order == reference_order  # extra definitions in between are fine
+    reference_order, detector_order = _shared_in_order(reference_names, ["select", "assign", "_helper"])
+    assert detector_order != reference_order
+
+
+@pytest.mark.parametrize("path", _python_files("reference"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_shared_definitions_appear_in_the_same_order(path):
+    # AST only, no import: runs in the reference environment too
+    twin = ROOT / "detector" / path.relative_to(ROOT / "reference")
+    if not twin.exists():
+        pytest.fail(f"{path.relative_to(ROOT)} has no twin {twin.relative_to(ROOT)}")
+    reference_order, detector_order = _shared_in_order(_definitions(path), _definitions(twin))
+    assert detector_order == reference_order, f"{twin.relative_to(ROOT)} orders the shared definitions differently"
 
 
 def test_conventions_are_equal():

@@ -49,6 +49,23 @@ def test_pairwise_metrics_match_reference(device, data):
         np.testing.assert_array_equal(getattr(DB, name)(t64(a[:n], device), t64(b[:n], device)).cpu().numpy(), expected)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@given(data=st.data())
+def test_unchecked_iou_and_safe_divide_match_reference(device, data):
+    size = data.draw(image_sizes(max_side=1333))
+    a = data.draw(gt_boxes(size, 0, 20))
+    b = data.draw(gt_boxes(size, 0, 40))
+    # broadcast (G, 1, 4) x (1, A, 4): the pairwise IoU, bit for bit (specs/boxes.md §2)
+    actual = DB.aligned_box_iou_unchecked(t64(a, device)[:, None, :], t64(b, device)[None, :, :])
+    np.testing.assert_array_equal(actual.cpu().numpy(), RB.box_iou(a, b))
+    numerator = np.random.default_rng(len(a)).normal(size=(len(a), 3))
+    denominator = np.random.default_rng(len(b)).normal(size=3).round()  # zeros, negatives
+    for where in (None, denominator != 0):
+        expected = RB.safe_divide(numerator, denominator, where=where)
+        mask = None if where is None else torch.as_tensor(where, device=device)
+        np.testing.assert_array_equal(DB.safe_divide(t64(numerator, device), t64(denominator, device), where=mask).cpu().numpy(), expected)
+
+
 @given(data=st.data())
 def test_float32_metrics_close(data):
     size = data.draw(image_sizes(max_side=1333))

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
+from detector import loss_step as LS  # noqa: E402
 from detector import losses as DL  # noqa: E402
 from detector.coders import decode_deltas as torch_decode_deltas  # noqa: E402
 from reference import losses as RL  # noqa: E402
@@ -173,7 +174,7 @@ def test_batched_loss_step_equals_reference_batch(device, images, options):
     batch = pad_batch(images, device=device)
     if quality == "none":
         batch["quality_logits"] = None
-    actual = DL.detection_losses_batched(**batch, cls_loss=cls_loss, box_loss=box_loss, quality=quality)
+    actual = LS.detection_losses_batched(**batch, cls_loss=cls_loss, box_loss=box_loss, quality=quality)
     assert set(actual) == set(expected)
     for key in expected:
         assert actual[key].dtype == torch.float64
@@ -182,7 +183,7 @@ def test_batched_loss_step_equals_reference_batch(device, images, options):
     batch32 = pad_batch(images, torch.float32, device)
     if quality == "none":
         batch32["quality_logits"] = None
-    actual32 = DL.detection_losses_batched(**batch32, cls_loss=cls_loss, box_loss=box_loss, quality=quality)
+    actual32 = LS.detection_losses_batched(**batch32, cls_loss=cls_loss, box_loss=box_loss, quality=quality)
     for key in expected:
         assert actual32[key].dtype == torch.float32
         # decoded boxes rounded to float32 move IoU targets by ~1e-7 relative

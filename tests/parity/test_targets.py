@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
+from detector import batched_targets as BT  # noqa: E402
 from detector import targets as DT  # noqa: E402
 from reference import targets as RT  # noqa: E402
 from reference.conventions import IGNORE  # noqa: E402
@@ -97,10 +98,10 @@ def test_batched_targets_equal_per_image_reference(device, images):
     preds = torch.stack([tensor(image["pred_boxes"]) for image in images]).to(device)
     scores = torch.stack([tensor(image["scores"]) for image in images]).to(device)
 
-    cls_t, weights = DT.class_targets_batched(matched, labels, num_classes, scores, valid)
-    box_t = DT.box_targets_batched(matched, gts, valid)
-    ctr_t = DT.centerness_targets_batched(centers, matched, gts, valid)
-    iou_t = DT.iou_targets_batched(preds, matched, gts, valid)
+    cls_t, weights = BT.class_targets_batched(matched, labels, num_classes, scores, valid)
+    box_t = BT.box_targets_batched(matched, gts, valid)
+    ctr_t = BT.centerness_targets_batched(centers, matched, gts, valid)
+    iou_t = BT.iou_targets_batched(preds, matched, gts, valid)
     for b, image in enumerate(images):
         expected_cls, expected_weights = RT.class_targets(image["matched_gt"], image["gt_labels"], num_classes, image["scores"])
         np.testing.assert_array_equal(cls_t[b].cpu().numpy(), expected_cls)
@@ -114,7 +115,7 @@ def test_batched_targets_reject_a_match_to_a_padded_slot():
     gts = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 0.0, 0.0]]])
     valid = torch.tensor([[True, False]])
     with pytest.raises(ValueError, match=r"matched_gt: row \(0, 1\)"):
-        DT.box_targets_batched(torch.tensor([[0, 1]]), gts, valid)
+        BT.box_targets_batched(torch.tensor([[0, 1]]), gts, valid)
 
 
 # ---------------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ def test_batched_ignore_regions_equal_per_image_reference(device, images):
         count = len(image["ignore_boxes"])
         boxes[b, :count], valid[b, :count] = tensor(image["ignore_boxes"], device=device), True
     matched = torch.stack([torch.as_tensor(image["matched_gt"]) for image in images]).to(device)
-    actual = DT.ignore_regions_batched(matched, tensor(centers, device=device), boxes, valid)
+    actual = BT.ignore_regions_batched(matched, tensor(centers, device=device), boxes, valid)
     assert actual.shape == matched.shape and actual.dtype == torch.int64
     for b, image in enumerate(images):
         expected = RT.ignore_regions(image["matched_gt"], centers, image["ignore_boxes"])
@@ -199,20 +200,20 @@ def test_ignore_regions_batched_bad_input():
     boxes = torch.zeros(2, 1, 4)
     valid = torch.ones(2, 1, dtype=torch.bool)
     with pytest.raises(ValueError, match=r"ignore_boxes: row \(1, 0\)"):
-        DT.ignore_regions_batched(matched, centers, torch.tensor([[[0.0, 0, 1, 1]], [[2.0, 0, 1, 1]]]), valid)
+        BT.ignore_regions_batched(matched, centers, torch.tensor([[[0.0, 0, 1, 1]], [[2.0, 0, 1, 1]]]), valid)
     with pytest.raises(ValueError, match=r"matched_gt: row \(1, 2\)"):
-        DT.ignore_regions_batched(torch.tensor([[-1, -1, -1], [-1, -1, -3]]), centers, boxes, valid)
+        BT.ignore_regions_batched(torch.tensor([[-1, -1, -1], [-1, -1, -3]]), centers, boxes, valid)
     with pytest.raises(ValueError, match="ignore_valid"):
-        DT.ignore_regions_batched(matched, centers, boxes, torch.ones(2, 2, dtype=torch.bool))
+        BT.ignore_regions_batched(matched, centers, boxes, torch.ones(2, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="ignore_boxes: expected 2 images"):
-        DT.ignore_regions_batched(matched, centers, torch.zeros(1, 1, 4), valid[:1])
+        BT.ignore_regions_batched(matched, centers, torch.zeros(1, 1, 4), valid[:1])
     with pytest.raises(ValueError, match="centers"):
-        DT.ignore_regions_batched(matched, torch.zeros(4, 2), boxes, valid)
+        BT.ignore_regions_batched(matched, torch.zeros(4, 2), boxes, valid)
     with pytest.raises(ValueError, match="ignore_boxes: row 0"):
         DT.ignore_regions(torch.tensor([-1]), torch.zeros(1, 2), torch.tensor([[1.0, 0.0, 0.0, 1.0]]))
 
 
 def test_ignore_regions_batched_without_regions_is_identity():
     matched = torch.tensor([[0, -1, -2], [-1, -1, 1]])
-    actual = DT.ignore_regions_batched(matched, torch.ones(3, 2), torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool))
+    actual = BT.ignore_regions_batched(matched, torch.ones(3, 2), torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool))
     torch.testing.assert_close(actual, matched)

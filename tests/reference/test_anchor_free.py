@@ -1,4 +1,5 @@
 """Anchor-free assigners, reference alone: spec examples and invariants (specs/anchor_free.md)."""
+import inspect
 import math
 
 import numpy as np
@@ -7,8 +8,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from reference.anchors import multi_level_points
+from reference.assign import anchor_free as RAF
 from reference.assign.anchor_free import (
+    ANCHOR_FREE_RULES,
     assign_all_inside,
+    assign_anchor_free,
     assign_centerness,
     assign_fcos,
     assign_pseudo_iou,
@@ -270,6 +274,45 @@ POINTS, COUNTS = grid_24x40()
 def test_bad_input_raises(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# --------------------------------------------------------------------------------------
+# the rule table: one function runs every rule; the public functions are calls of it
+
+
+def test_rule_names_are_the_table_and_the_public_functions():
+    assert ANCHOR_FREE_RULES == ("all_inside", "pseudo_iou", "scaled_box", "centerness", "fcos")
+    assert ANCHOR_FREE_RULES == tuple(ASSIGNERS)
+    for name in ANCHOR_FREE_RULES:
+        assert callable(getattr(RAF, f"assign_{name}"))
+
+
+@pytest.mark.parametrize("name", ANCHOR_FREE_RULES)
+def test_rule_defaults_are_the_public_signature_defaults(name):
+    parameters = inspect.signature(getattr(RAF, f"assign_{name}")).parameters
+    options = {key: p.default for key, p in parameters.items() if key not in ("points", "num_points_per_level", "gt_boxes", "strides", "regress_ranges")}
+    assert options == RAF._RULES[name].defaults
+
+
+@pytest.mark.parametrize("name", ANCHOR_FREE_RULES)
+def test_generic_function_equals_the_rule_function(name):
+    points, counts = grid_24x40()
+    boxes = [[0, 0, 40, 24], [18, 1, 40, 9], [3, 3, 3, 9]]
+    options = ASSIGNERS[name][1]
+    expected = ASSIGNERS[name][0](points, counts, boxes, **ONE_LEVEL, **options)
+    for result in (assign_anchor_free(name, points, counts, boxes, **ONE_LEVEL, **options), assign_anchor_free(name, points, counts, boxes, **ONE_LEVEL)):
+        np.testing.assert_array_equal(result.matched_gt, expected.matched_gt)
+        np.testing.assert_array_equal(result.matched_metric, expected.matched_metric)
+        np.testing.assert_array_equal(result.gt_threshold, expected.gt_threshold)
+
+
+def test_generic_function_bad_rule_or_option():
+    with pytest.raises(ValueError, match="rule"):
+        assign_anchor_free("nearest", POINTS, COUNTS, [[0, 0, 1, 1]], **ONE_LEVEL)
+    with pytest.raises(ValueError, match="scale"):
+        assign_anchor_free("pseudo_iou", POINTS, COUNTS, [[0, 0, 1, 1]], **ONE_LEVEL, scale=0.5)
+    with pytest.raises(ValueError, match="threshold"):
+        assign_anchor_free("pseudo_iou", POINTS, COUNTS, [[0, 0, 1, 1]], **ONE_LEVEL, threshold=True)
 
 
 # --------------------------------------------------------------------------------------

@@ -47,6 +47,13 @@ def test_ltrb_and_centers():  # §1, §7
     np.testing.assert_array_equal(B.box_area([[0, 0, 10, 4], [1, 1, 1, 9]]), [40, 0])
 
 
+def test_safe_divide():  # §9
+    np.testing.assert_array_equal(B.safe_divide(np.array([1.0, 1.0, 1.0]), np.array([2.0, 0.0, -1.0])), [0.5, 0.0, 0.0])
+    denominator = np.array([2.0, 0.0, -1.0])
+    np.testing.assert_array_equal(B.safe_divide(np.array([1.0, 1.0, 1.0]), denominator, where=denominator != 0), [0.5, 0.0, -1.0])
+    np.testing.assert_array_equal(B.safe_divide(np.zeros((2, 1)), np.ones(3)), np.zeros((2, 3)))
+
+
 def test_empty_inputs_keep_shapes():  # §8
     assert B.box_iou(np.zeros((0, 4)), [[0, 0, 1, 1]]).shape == (0, 1)
     assert B.box_giou([[0, 0, 1, 1]], np.zeros((0, 4))).shape == (1, 0)

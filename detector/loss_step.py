@@ -1,0 +1,189 @@
+"""The batched loss step of the training pipeline (specs/losses.md §7), no reference twin.
+
+``losses.loss_sums`` for a whole batch in one call, with no Python loop over images, GTs
+or anchors: (1) targets (:func:`loss_targets_batched`), (2) classification sum, (3) box
+losses of positives and their weights, (4) quality BCE of positives; the same steps in the
+same order as the single-image twins. The sums are added over the images, so
+``losses.reduce_loss_sums`` normalises the batch as a whole (specs/losses.md §6); they
+equal the sums of the per-image reference (parity tests).
+
+Sums and terms are 0-d tensors; nothing here synchronises with the device except the input
+checks.
+"""
+import torch
+import torch.nn.functional as F
+
+from detector.batched_targets import (
+    box_targets_batched,
+    centerness_targets_batched,
+    class_targets_batched,
+    iou_targets_batched,
+)
+from detector.losses import (
+    BOX_LOSS_WEIGHT,
+    BOX_LOSSES,
+    CLS_LOSSES,
+    QUALITY_BRANCHES,
+    giou_loss,
+    iou_loss,
+    quality_focal_loss_unchecked,
+    reduce_loss_sums,
+    sigmoid_focal_loss_unchecked,
+    varifocal_loss_unchecked,
+)
+from detector.validation import as_boxes, as_finite, as_values, check_choice
+
+
+def loss_targets_batched(
+    pred_boxes, centers, matched_gt, gt_boxes, gt_labels, gt_valid, num_classes, cls_loss, quality, dtype
+):
+    """Step 1 of the loss step: every target of a batch, as constants (specs/losses.md §7,
+    specs/targets.md §2-§5).
+
+    Args:
+        pred_boxes: (B, A, 4) decoded predicted boxes; the IoU target reads them detached.
+        centers: (A, 2) shared anchor centres / points, or (B, A, 2).
+        matched_gt: (B, A) in {IGNORE, BACKGROUND, 0..G_max-1}; never a padded slot.
+        gt_boxes: (B, G_max, 4) xyxy, padded.
+        gt_labels: (B, G_max) classes in 0..K-1 at valid slots.
+        gt_valid: (B, G_max) bool, or None for all valid.
+        num_classes: K >= 1.
+        cls_loss: "focal" (hard class targets), "qfl" or "vfl" (soft: the IoU target).
+        quality: "centerness", "iou" or "none": the quality target (all ones for "none").
+        dtype: floating dtype of the class targets, the label weights and the "none"
+            quality target (the dtype of the classification logits).
+
+    Returns:
+        cls_targets: (B, A, K) in ``dtype``.
+        label_weights: (B, A) in ``dtype``; 0 at IGNORE anchors.
+        box_targets: (B, A, 4) in the dtype of ``gt_boxes``; zero rows for non-positives.
+        quality_targets: (B, A); the centerness or IoU target, or ones.
+        positive: (B, A) bool, on the device of ``pred_boxes``.
+    """
+    check_choice(cls_loss, CLS_LOSSES, "cls_loss")
+    check_choice(quality, QUALITY_BRANCHES, "quality")
+    ious = iou_targets_batched(pred_boxes, matched_gt, gt_boxes, gt_valid)
+    scores = None if cls_loss == "focal" else ious
+    cls_t, label_weights = class_targets_batched(matched_gt, gt_labels, num_classes, scores, gt_valid, dtype=dtype)
+    box_t = box_targets_batched(matched_gt, gt_boxes, gt_valid)
+    positive = torch.as_tensor(matched_gt, device=pred_boxes.device) >= 0
+    if quality == "centerness":
+        quality_t = centerness_targets_batched(centers, matched_gt, gt_boxes, gt_valid)
+    elif quality == "iou":
+        quality_t = ious
+    else:
+        quality_t = torch.ones(positive.shape, dtype=dtype, device=positive.device)
+    return cls_t, label_weights, box_t, quality_t, positive
+
+
+def loss_sums_batched(
+    cls_logits,
+    pred_boxes,
+    quality_logits,
+    centers,
+    matched_gt,
+    gt_boxes,
+    gt_labels,
+    gt_valid=None,
+    cls_loss="focal",
+    box_loss="giou",
+    quality="centerness",
+):
+    """Un-normalised loss sums of a batch, added over its images (specs/losses.md §7).
+
+    Args:
+        cls_logits: (B, A, K) classification logits.
+        pred_boxes: (B, A, 4) decoded predicted boxes (gradients flow through the box loss).
+        quality_logits: (B, A) quality-branch logits, or None when ``quality == "none"``.
+        centers: (A, 2) shared anchor centres / points, or (B, A, 2).
+        matched_gt: (B, A) in {IGNORE, BACKGROUND, 0..G_max-1}; never a padded slot.
+        gt_boxes: (B, G_max, 4) xyxy, padded.
+        gt_labels: (B, G_max) classes in 0..K-1 at valid slots.
+        gt_valid: (B, G_max) bool, or None for all valid.
+        cls_loss, box_loss, quality: as ``losses.loss_sums``.
+
+    Returns:
+        dict of 0-d tensors: ``num_pos`` (int64), ``cls``, ``box_weighted``,
+        ``box_weight``, ``box_plain``, and ``quality`` unless ``quality == "none"``;
+        ``losses.reduce_loss_sums`` turns it into the batch's loss terms.
+    """
+    check_choice(cls_loss, CLS_LOSSES, "cls_loss")
+    check_choice(box_loss, BOX_LOSSES, "box_loss")
+    check_choice(quality, QUALITY_BRANCHES, "quality")
+    cls_logits = as_finite(cls_logits, "cls_logits")
+    if cls_logits.ndim != 3:
+        raise ValueError(f"cls_logits: expected shape (B, A, K), got {tuple(cls_logits.shape)}")
+    batch, num_anchors, num_classes = cls_logits.shape
+    pred_boxes = as_boxes(pred_boxes, "pred_boxes", batched=True)
+    _check_shape(pred_boxes, (batch, num_anchors, 4), "pred_boxes")
+    if quality == "none":
+        if quality_logits is not None:
+            raise ValueError("quality_logits: expected None when quality is 'none'")
+    else:
+        if quality_logits is None:
+            raise ValueError(f"quality_logits: required when quality is {quality!r}")
+        quality_logits = as_values(quality_logits, "quality_logits", ndim=2)
+        _check_shape(quality_logits, (batch, num_anchors), "quality_logits")
+
+    # 1. targets (constants)
+    cls_t, label_weights, box_t, quality_t, positive = loss_targets_batched(
+        pred_boxes, centers, matched_gt, gt_boxes, gt_labels, gt_valid, num_classes, cls_loss, quality, cls_logits.dtype
+    )
+
+    # 2. classification: every anchor and class, IGNORE rows weighted 0 (inputs checked above)
+    if cls_loss == "focal":
+        cls_elem = sigmoid_focal_loss_unchecked(cls_logits, cls_t)
+    elif cls_loss == "qfl":
+        cls_elem = quality_focal_loss_unchecked(cls_logits, cls_t)
+    else:
+        cls_elem = varifocal_loss_unchecked(cls_logits, cls_t)
+    cls_sum = (label_weights[..., None] * cls_elem).sum()
+
+    # 3. box regression: positives, weighted by the quality target
+    index = torch.nonzero(positive.reshape(-1)).flatten()
+    pos_pred = pred_boxes.reshape(-1, 4).index_select(0, index)
+    pos_target = box_t.reshape(-1, 4).index_select(0, index).to(pred_boxes.dtype)
+    if box_loss == "giou":
+        box_elem = giou_loss(pos_pred, pos_target)
+    else:
+        box_elem = iou_loss(pos_pred, pos_target)
+    weights = quality_t.reshape(-1).index_select(0, index).to(box_elem.dtype)
+
+    sums = {
+        "num_pos": positive.sum(),
+        "cls": cls_sum,
+        "box_weighted": (weights * box_elem).sum(),
+        "box_weight": weights.sum(),
+        "box_plain": box_elem.sum(),
+    }
+    # 4. quality branch: BCE over positives
+    if quality != "none":
+        pos_logits = quality_logits.reshape(-1).index_select(0, index)
+        pos_quality_t = quality_t.reshape(-1).index_select(0, index).to(quality_logits.dtype)
+        sums["quality"] = F.binary_cross_entropy_with_logits(pos_logits, pos_quality_t, reduction="sum")
+    return sums
+
+
+def detection_losses_batched(*args, box_loss_weight=BOX_LOSS_WEIGHT, **kwargs):
+    """The training pipeline's loss step: :func:`loss_sums_batched` then ``losses.reduce_loss_sums``.
+
+    Normalises over the whole batch (specs/losses.md §6).
+
+    Args:
+        *args, **kwargs: the arguments of :func:`loss_sums_batched`, by position or by name.
+        box_loss_weight: multiplier of the box term, as in ``losses.reduce_loss_sums``.
+
+    Returns:
+        dict of 0-d tensors ``loss_cls``, ``loss_box`` (``box_loss_weight`` applied) and,
+        unless ``quality == "none"``, ``loss_quality``; the objective is their sum.
+    """
+    return reduce_loss_sums(loss_sums_batched(*args, **kwargs), box_loss_weight)
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+
+def _check_shape(tensor, shape, name):
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)} to pair with cls_logits, got {tuple(tensor.shape)}")
