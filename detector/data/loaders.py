@@ -49,7 +49,7 @@ def dataset_paths(config):
             num_train=data.digits_num_train, num_val=data.digits_num_val, image_size=(size, size),
             min_objects=data.digits_min_objects, max_objects=data.digits_max_objects,
             object_size=tuple(data.digits_object_size), aspect_ratio=tuple(data.digits_aspect_ratio),
-            max_overlap=data.digits_max_overlap,
+            max_overlap=data.digits_max_overlap, single_class=data.digits_single_class,
         )
         return paths.train_images, paths.train_annotations, paths.val_images, paths.val_annotations
     missing = [k for k in ("train_images", "train_annotations", "val_images", "val_annotations") if getattr(data, k) is None]

@@ -65,6 +65,7 @@ def build_digits_dataset(
     object_size=(12.0, 128.0),
     aspect_ratio=(0.2, 5.0),
     max_overlap=0.3,
+    single_class=False,
 ):
     """Generate (or reuse from the cache) the digits dataset; specs/data.md §1.
 
@@ -78,6 +79,9 @@ def build_digits_dataset(
         object_size: (min, max) of sqrt(w * h) of a pasted digit in pixels, log-uniform.
         aspect_ratio: (min, max) of w / h of a pasted digit, log-uniform.
         max_overlap: a placement whose IoU with an earlier object exceeds this is rejected.
+        single_class: every object is of one category "digit" (id 1) instead of its digit's
+            category; the images are the same. A detection task where AP measures where the
+            boxes are, not which digit they hold (the study preset, specs/study.md §2).
 
     Returns:
         ``DatasetPaths``. A second call with the same arguments returns at once.
@@ -85,7 +89,7 @@ def build_digits_dataset(
     params = _check_params(
         seed=seed, num_train=num_train, num_val=num_val, image_size=image_size,
         min_objects=min_objects, max_objects=max_objects, object_size=object_size,
-        aspect_ratio=aspect_ratio, max_overlap=max_overlap,
+        aspect_ratio=aspect_ratio, max_overlap=max_overlap, single_class=single_class,
     )
     root = Path(root) if root is not None else default_cache_root()
     final = root / f"digits-{_params_hash(params)}"
@@ -101,6 +105,8 @@ def _check_params(**raw):
     params["object_size"] = [float(v) for v in raw["object_size"]]
     params["aspect_ratio"] = [float(v) for v in raw["aspect_ratio"]]
     params["max_overlap"] = float(raw["max_overlap"])
+    if raw.get("single_class"):  # absent when False: the ten-class datasets keep their cache folders
+        params["single_class"] = True
     if len(params["image_size"]) != 2 or min(params["image_size"]) < 16:
         raise ValueError(f"image_size: expected (H, W) with both sides >= 16, got {raw['image_size']}")
     if not 1 <= params["min_objects"] <= params["max_objects"]:
@@ -203,10 +209,13 @@ def _generate_split(split, count, image_dir, pool, params):
             w, h = x2 - x1, y2 - y1
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id,
-                "category_id": int(label) + CATEGORY_ID_OFFSET,
+                "category_id": CATEGORY_ID_OFFSET if params.get("single_class") else int(label) + CATEGORY_ID_OFFSET,
                 "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": 0,
             })
-    categories = [{"id": d + CATEGORY_ID_OFFSET, "name": str(d), "supercategory": "digit"} for d in range(10)]
+    if params.get("single_class"):
+        categories = [{"id": CATEGORY_ID_OFFSET, "name": "digit", "supercategory": "digit"}]
+    else:
+        categories = [{"id": d + CATEGORY_ID_OFFSET, "name": str(d), "supercategory": "digit"} for d in range(10)]
     info = {"description": f"labelassign digits ({split})", "version": str(GENERATOR_VERSION)}
     return {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
 
@@ -334,10 +343,12 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
     parser.add_argument("--min-objects", type=int, default=1)
     parser.add_argument("--max-objects", type=int, default=10)
+    parser.add_argument("--single-class", action="store_true", help="one category 'digit' for every object")
     args = parser.parse_args(argv)
     paths = build_digits_dataset(
         args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
         image_size=tuple(args.image_size), min_objects=args.min_objects, max_objects=args.max_objects,
+        single_class=args.single_class,
     )
     for field in dataclasses.fields(paths):
         print(f"{field.name}: {getattr(paths, field.name)}")

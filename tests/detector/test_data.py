@@ -269,6 +269,29 @@ def test_generator_depends_on_seed(small_set, tmp_path):
     assert (other.train_images / "000001.png").read_bytes() != first
 
 
+def test_single_class_variant_has_the_same_images_and_one_category(small_set, tmp_path):
+    single = build_digits_dataset(tmp_path, seed=3, single_class=True, **SMALL)
+    assert single.root.name != small_set.root.name
+    for split in ("train_annotations", "val_annotations"):
+        ten, one = _load(getattr(small_set, split)), _load(getattr(single, split))
+        assert one["categories"] == [{"id": 1, "name": "digit", "supercategory": "digit"}]
+        assert {a["category_id"] for a in one["annotations"]} == {1} and len(ten["categories"]) == 10
+        assert [a["bbox"] for a in one["annotations"]] == [a["bbox"] for a in ten["annotations"]]
+    assert _all_files(single.train_images) == _all_files(small_set.train_images)
+
+
+def test_data_seed_is_separate_from_the_training_seed(tmp_path, monkeypatch):
+    from detector.configs import get_config
+    from detector.data import loaders
+
+    seeds = []
+    monkeypatch.setattr(loaders, "build_digits_dataset", lambda root, seed, **kwargs: seeds.append(seed) or small_paths)
+    small_paths = build_digits_dataset(tmp_path, seed=3, **SMALL)
+    for overrides in (["seed=5"], ["seed=5", "data.seed=2"], ["seed=7", "data.seed=2"]):
+        loaders.dataset_paths(get_config("demo", overrides))
+    assert seeds == [5, 2, 2]  # data.seed = None follows the training seed; set, it stays fixed
+
+
 def test_generator_reuses_the_cache(small_set, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("regenerated a cached dataset")

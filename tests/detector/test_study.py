@@ -224,14 +224,15 @@ def micro(tmp_path_factory):
     study = Study("micro", "micro-study", arms=(Arm("ATSS", "study_atss"),
                                                 Arm("ATSS+CIoUs", "study_atss", ("assign.name=dynamic_atss",))),
                   baseline="ATSS", seeds=(0, 1), overrides=MICRO + (f"data.root={root / 'data'}",), claim="machinery only")
+    done, failed = run_pending(run_specs(study), runs_dir=root / "runs", results_dir=root / "results", jobs=1,
+                               progress=False)
+    assert failed == [] and len(done) == 4
     return study, root
 
 
 def test_micro_study_runs_resumes_and_reports(micro, monkeypatch):
     study, root = micro
     results, runs = root / "results", root / "runs"
-    done, failed = run_pending(run_specs(study), runs_dir=runs, results_dir=results, jobs=1, progress=False)
-    assert failed == [] and len(done) == 4
     for spec in run_specs(study):
         stored = json.loads(result_path(results, run_key(spec.config())).read_text())
         assert stored["arm"] == spec.arm and stored["seed"] == spec.seed and 0.0 <= stored["metrics"]["AP"] <= 1.0
