@@ -7,12 +7,14 @@ Usage::
     python -m detector.study my_study.toml --seeds 0-9 --jobs 4
     python -m detector.study piou_table1a --aggregate            # tables and plots from stored results only
     python -m detector.study fig3 --executor slurm --slurm-partition gpu --slurm-time 120 --slurm-gpus 1
+    python -m detector.study --name topk --baseline k9 \
+        --arm k9 study_atss --arm k15 study_atss assign.topk=15 --seeds 0-4 --jobs 2
 """
 import argparse
 import sys
 from pathlib import Path
 
-from detector.study.definitions import BUILTIN_STUDIES, resolve_study, with_options
+from detector.study.definitions import BUILTIN_STUDIES, resolve_study, study_from_dict, with_options
 from detector.study.runner import EXECUTORS, run_key, run_pending, run_specs
 
 #: Default folder of the small results (meant to be committed) and of the run directories.
@@ -35,11 +37,27 @@ def parse_seeds(text):
     return tuple(seeds)
 
 
+def command_line_study(name, baseline, arms):
+    """A study from ``--name``, ``--baseline`` and ``--arm NAME CONFIG [KEY=VALUE ...]`` options."""
+    if not name or not baseline:
+        raise ValueError("a study defined with --arm needs --name and --baseline")
+    definitions = []
+    for values in arms:
+        if len(values) < 2:
+            raise ValueError(f"--arm {' '.join(values)}: expected NAME CONFIG [KEY=VALUE ...]")
+        definitions.append({"name": values[0], "config": values[1], "overrides": list(values[2:])})
+    return study_from_dict({"name": name, "baseline": baseline, "arms": definitions}, where="command line")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m detector.study",
                                      description="Run a study (arms x seeds) and report it with 95 % confidence intervals.")
     parser.add_argument("study", nargs="?", help="a built-in study (see --list) or a .toml/.yaml study file")
     parser.add_argument("--list", action="store_true", help="list the built-in studies and exit")
+    parser.add_argument("--arm", nargs="+", action="append", default=None, metavar="NAME CONFIG [KEY=VALUE ...]",
+                        help="define a study on the command line: one --arm per arm (with --name and --baseline)")
+    parser.add_argument("--name", default=None, help="name of a command-line study")
+    parser.add_argument("--baseline", default=None, help="baseline arm of a command-line study")
     parser.add_argument("--seeds", default=None, help="training seeds, e.g. 0-4 or 0,2,5 (default: the study's)")
     parser.add_argument("--data-seeds", default=None, help="data seeds of the built-in dataset (default: the study's, 0)")
     parser.add_argument("--arms", nargs="+", default=None, help="run only these arms (the baseline is always kept)")
@@ -65,14 +83,16 @@ def main(argv=None):
         for name, study in BUILTIN_STUDIES.items():
             print(f"{name:<{width}}  {len(study.arms)} arms x {len(study.seeds)} seeds  {study.description}")
         return 0
-    if not args.study:
-        print("error: a study name or file is required (see --list)", file=sys.stderr)
+    if not args.study and not args.arm:
+        print("error: a study name or file, or --arm definitions, is required (see --list)", file=sys.stderr)
         return 2
     try:
         if args.jobs < 1 or args.threads < 1:
             raise ValueError("--jobs and --threads: expected ints >= 1")
+        if args.arm and args.study:
+            raise ValueError("give either a study (name or file) or --arm definitions, not both")
         study = with_options(
-            resolve_study(args.study),
+            resolve_study(args.study) if args.study else command_line_study(args.name, args.baseline, args.arm),
             seeds=parse_seeds(args.seeds) if args.seeds else None,
             data_seeds=parse_seeds(args.data_seeds) if args.data_seeds else None,
             overrides=tuple(args.set), arms=args.arms,

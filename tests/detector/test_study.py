@@ -175,8 +175,19 @@ def test_study_command_reports_user_errors_in_one_line(tmp_path, capsys):
     assert study_main(["no_such_study"]) == 2
     assert study_main([str(tmp_path / "missing.toml")]) == 2
     assert study_main(["fig3", "--arms", "nope"]) == 2
+    assert study_main(["--name", "x", "--baseline", "a", "--arm", "a", "study_atss", "assign.bogus=1"]) == 2
+    assert study_main(["--arm", "a", "study_atss"]) == 2  # no --name / --baseline
     err = capsys.readouterr().err
-    assert err.count("error: ") == 3 and "Traceback" not in err
+    assert err.count("error: ") == 5 and "Traceback" not in err
+    assert "arm a: unknown config key 'assign.bogus'" in err
+
+
+def test_a_study_defined_on_the_command_line(tmp_path, capsys):
+    argv = ["--name", "topk", "--baseline", "k9", "--arm", "k9", "study_atss", "--arm", "k15", "study_atss",
+            "assign.topk=15", "--seeds", "0-1", "--dry-run"]
+    assert study_main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and [line.split()[1] for line in lines] == ["k9", "k9", "k15", "k15"]
 
 
 # ---------------------------------------------------------------------------------------
