@@ -64,15 +64,48 @@ def run_specs(study):
 
 
 def run_key(config):
-    """16 hex digits identifying what a config computes (``VOLATILE_FIELDS`` left out)."""
-    from detector.configs import to_dict
+    """16 hex digits identifying what a config computes.
 
-    data = to_dict(config)
+    The hash covers the fields whose value differs from their dataclass default (with the
+    assigner's name always included), ``VOLATILE_FIELDS`` left out: a field added later with
+    a default leaves every existing key, and so every stored result, valid; changing a
+    default changes the keys of the configs that rely on it, as it should.
+    """
+    data = _non_default_fields(config)
     for name in VOLATILE_FIELDS:
         data.pop(name, None)
     for name in VOLATILE_DATA_FIELDS:
-        data["data"].pop(name, None)
+        data.get("data", {}).pop(name, None)
+    data.setdefault("assign", {})["name"] = config.assign.name
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _non_default_fields(node):
+    """{field: value} of a config dataclass, nested, keeping only values that differ from the
+    field's default (a nested section compared with its own class's defaults)."""
+    import dataclasses
+
+    out = {}
+    for field in dataclasses.fields(node):
+        value = getattr(node, field.name)
+        if dataclasses.is_dataclass(value):
+            sub = _non_default_fields(value)
+            if sub:
+                out[field.name] = sub
+            continue
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        if value != default:
+            out[field.name] = to_dict_value(value)
+    return out
+
+
+def to_dict_value(value):
+    """A config value as JSON-safe data (tuples as lists, infinities as strings), as ``configs.to_dict``."""
+    if isinstance(value, tuple):
+        return [to_dict_value(v) for v in value]
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
 
 
 def result_path(results_dir, key):

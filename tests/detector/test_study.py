@@ -108,6 +108,21 @@ def test_studies_share_identical_runs():
     assert fig3 <= table1
 
 
+def test_run_key_survives_a_new_config_field_with_a_default(monkeypatch):
+    import dataclasses
+
+    from detector import configs
+
+    config = get_config("study_atss")
+    before = run_key(config)
+    extended = dataclasses.make_dataclass("Extended", [("new_option", int, dataclasses.field(default=3))],
+                                          bases=(configs.SolverConfig,), frozen=True)
+    config_with_field = dataclasses.replace(config, solver=extended(**dataclasses.asdict(config.solver)))
+    assert run_key(config_with_field) == before
+    assert run_key(dataclasses.replace(config_with_field, solver=extended(**dataclasses.asdict(config.solver),
+                                                                          new_option=4))) != before
+
+
 def test_run_key_ignores_what_does_not_change_a_result():
     config = get_config("study_atss")
     assert run_key(config) == run_key(get_config("study_atss", ["threads=4", "data.num_workers=3", "output_dir=elsewhere"]))
