@@ -17,6 +17,8 @@ import torch
 FORMAT_VERSION = 1
 #: File name of the most recent checkpoint in a run directory.
 LAST = "last.pth"
+#: Suffix of the temporary file ``save_checkpoint`` writes before renaming it.
+TEMPORARY_SUFFIX = ".tmp"
 
 
 def save_checkpoint(state, path):
@@ -24,12 +26,13 @@ def save_checkpoint(state, path):
     ``os.replace``. A reader (or a crash) sees the old file or the new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save({"format_version": FORMAT_VERSION, **state}, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_file_mode())  # as any other file of the run (mkstemp makes it 0600)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -39,16 +42,53 @@ def save_checkpoint(state, path):
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """Read a checkpoint written by ``save_checkpoint`` (``weights_only=True``)."""
+    """Read a checkpoint written by ``save_checkpoint`` (``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a damaged file or one that is not a checkpoint of this project; the
+            message names the file and, when the run has one, the newest ``epoch_XXX.pth``
+            that could be used instead.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / LAST
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # truncated, corrupt, or a pickle with other objects than data
+        raise ValueError(f"{path}: damaged, or not a labelassign checkpoint ({type(error).__name__})"
+                         f"{_alternative(path)}") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: not a labelassign checkpoint (format_version {FORMAT_VERSION})")
+        raise ValueError(f"{path}: not a labelassign checkpoint (format_version {FORMAT_VERSION}){_alternative(path)}")
     return state
+
+
+def remove_orphan_temporaries(folder):
+    """Delete the temporary files an interrupted ``save_checkpoint`` left in ``folder``
+    (a kill between creating and renaming them); return their paths."""
+    orphans = sorted(Path(folder).glob(f".*.pth.*{TEMPORARY_SUFFIX}"))
+    for orphan in orphans:
+        with contextlib.suppress(FileNotFoundError):
+            orphan.unlink()
+    return orphans
+
+
+def _alternative(path):
+    """"; the newest earlier checkpoint of this run is ..." or ""."""
+    earlier = sorted(p for p in path.parent.glob("epoch_*.pth") if p.resolve() != path.resolve())
+    if not earlier:
+        return ""
+    return (f"; the newest other checkpoint of this run is {earlier[-1]}: to resume from it, copy it to "
+            f"{path.parent / LAST}")
+
+
+def _default_file_mode():
+    """The mode a new file gets from ``open`` under the process's umask (0644 under 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def rng_states():

@@ -82,13 +82,27 @@ def train_step(model, batch, config, optimizer, device, *, iteration, max_iterat
 
     A step whose head outputs, loss or gradient norm are NaN/Inf on any process is skipped
     on every process (no optimizer update, gradients dropped, BatchNorm statistics restored)
-    and reported with ``skipped=True``.
+    and reported with ``skipped=True``. An exception raised inside the step also drops the
+    gradients and restores the BatchNorm statistics before it propagates, so the model is
+    exactly as after the last completed step (the optimizer only changes in its last call).
     ``box_loss_pos`` is the unweighted mean box loss of the positives (Dynamic ATSS Fig. 3).
     """
     module = unwrap_model(model)
     images = batch.images.to(device, non_blocking=True)
     targets = pad_targets(batch.targets, device=device)
     buffers = [b.detach().clone() for b in module.buffers()]  # BN statistics, restored if the step is skipped
+    try:
+        return _step(model, module, images, targets, buffers, config, optimizer, iteration, max_iterations)
+    except BaseException:  # an error inside the step (or Ctrl-C) leaves the model as it was before it
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buffer, saved in zip(module.buffers(), buffers):
+                buffer.copy_(saved)
+        raise
+
+
+def _step(model, module, images, targets, buffers, config, optimizer, iteration, max_iterations):
+    """The body of ``train_step``; an exception escaping it is undone by ``train_step``."""
     outputs = model(images)
     tensors = [t for t in (outputs.cls_logits, outputs.box_regression, outputs.quality_logits) if t is not None]
     outputs_finite = all(bool(torch.isfinite(t.detach()).all()) for t in tensors)

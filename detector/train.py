@@ -16,6 +16,7 @@ interruption), ``epoch_XXX.pth`` (one per epoch) and ``metrics.json`` (final COC
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -27,17 +28,34 @@ import torch
 import torch.distributed as dist
 
 from detector import configs, engine, runtime
-from detector.checkpoint import LAST, load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from detector.checkpoint import (
+    LAST,
+    load_checkpoint,
+    remove_orphan_temporaries,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
 from detector.data.loaders import build_datasets, iterations_per_epoch, train_loader, val_loader
 from detector.evaluation import write_metrics_json
 from detector.modeling import Detector
 
 LOG_FILE = "log.jsonl"
 METRICS_FILE = "metrics.json"
+#: What started the run and with which code: one record per start or resume.
+RUN_FILE = "run.json"
+#: Set to 1 for tracebacks of user errors (as ``--debug``).
+DEBUG_ENV = "LABELASSIGN_DEBUG"
 
 
 class NonFiniteLossError(RuntimeError):
     """Raised after ``solver.max_bad_steps`` consecutive steps with a non-finite loss."""
+
+
+#: Errors the command line reports as one ``error: ...`` line (exit status 2): bad data,
+#: configuration, paths and checkpoints raise these with a message naming the culprit. Other
+#: exceptions are bugs and keep their traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def default_run_dir(config):
@@ -87,6 +105,7 @@ def train(config, run_dir=None, *, resume=False, progress=True, stop_after=None,
     position = _resume(run) if resume else _start(run)
     if run.is_main:
         print(f"run directory: {run.run_dir}\nconfig: {config.name} ({config.description})\n"
+              f"data: {_dataset_words(config)}\n"
               f"device: {run.device}, processes: {runtime.world_size()}, train images: {len(run.data.train)}, "
               f"iterations: {run.max_iterations} ({run.iters_per_epoch} per epoch)", flush=True)
     if not _train_epochs(run, position, progress=progress, stop_after=stop_after):
@@ -114,8 +133,10 @@ def _start(run):
     """A new run: its directory, ``config.json`` and an empty log (rank 0)."""
     if run.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_orphan_temporaries(run.run_dir)
         (run.run_dir / "config.json").write_text(json.dumps(configs.to_dict(run.config), indent=2) + "\n")
         (run.run_dir / LOG_FILE).write_text("")
+        _record_start(run.run_dir, "start", 0)
     return Position()
 
 
@@ -134,7 +155,11 @@ def _resume(run):
     rank = runtime.rank()
     set_rng_states(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
     if run.is_main:
+        orphans = remove_orphan_temporaries(run.run_dir)
+        if orphans:
+            print(f"removed {len(orphans)} temporary file(s) of an interrupted checkpoint save", flush=True)
         _truncate_log(run.run_dir / LOG_FILE, position.iteration)
+        _record_start(run.run_dir, "resume", position.iteration)
         print(f"resuming {run.run_dir} at epoch {position.epoch + 1}, batch {position.batch}, "
               f"iteration {position.iteration}", flush=True)
     return position
@@ -154,6 +179,7 @@ def _train_epochs(run, position, *, progress, stop_after):
     consecutive_bad = 0
     run.model.train()
     log = open(run.run_dir / LOG_FILE, "a", encoding="utf-8") if run.is_main else None
+    completed = Position(position.epoch, position.batch, position.iteration, position.bad_total)
     try:
         while position.epoch < config.solver.epochs:
             loader = train_loader(config, run.data.train, epoch=position.epoch, start_batch=position.batch)
@@ -186,6 +212,7 @@ def _train_epochs(run, position, *, progress, stop_after):
                         f"{consecutive_bad} consecutive steps had a non-finite loss or gradient (last at iteration "
                         f"{position.iteration}, terms {result.terms}); aborting. Lower solver.lr, set "
                         f"solver.grad_clip_norm, or check the data. The last good checkpoint is {run.run_dir / LAST}.")
+                completed = Position(position.epoch, position.batch, position.iteration, position.bad_total)
                 stop = interrupted.flag or (stop_after is not None and position.iteration >= stop_after)
                 if stop and position.batch < run.iters_per_epoch:
                     break
@@ -203,6 +230,11 @@ def _train_epochs(run, position, *, progress, stop_after):
                 print(f"stopped at iteration {position.iteration}; checkpoint {run.run_dir / LAST}; "
                       f"continue with: python -m detector.train --resume {run.run_dir}", flush=True)
             return False
+    except (KeyboardInterrupt, NonFiniteLossError):
+        raise  # a second Ctrl-C aborts at once; the non-finite guard keeps the last good checkpoint
+    except Exception:
+        _save_after_failure(run, completed)
+        raise
     finally:
         if log is not None:
             log.close()
@@ -210,6 +242,64 @@ def _train_epochs(run, position, *, progress, stop_after):
     if bar is not None:
         bar.close()
     return True
+
+
+def _save_after_failure(run, completed):
+    """An exception escaped the loop: checkpoint the last completed step so that ``--resume``
+    continues from it (single process: with several, the other processes are not in step)."""
+    if runtime.world_size() > 1 or not run.is_main:
+        return
+    if completed.batch == 0 and (run.run_dir / LAST).is_file():
+        state = load_checkpoint(run.run_dir / LAST)
+        if state["iteration"] == completed.iteration:  # the epoch-end checkpoint is already this position
+            print(f"the last completed step (iteration {completed.iteration}) is in {run.run_dir / LAST}; "
+                  f"continue with: python -m detector.train --resume {run.run_dir}", file=sys.stderr, flush=True)
+            return
+    _save(run, completed)
+    print(f"saved the last completed step (iteration {completed.iteration}) to {run.run_dir / LAST}; "
+          f"continue with: python -m detector.train --resume {run.run_dir}", file=sys.stderr, flush=True)
+
+
+def _record_start(run_dir, event, iteration):
+    """Append what started this part of the run to ``run.json``: the command, the code
+    version (package version, git commit when the code is a git checkout) and the time."""
+    path = run_dir / RUN_FILE
+    records = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    records.append({"event": event, "iteration": iteration, "command": [sys.executable, *sys.argv],
+                    "time": time.strftime("%Y-%m-%d %H:%M:%S"), **code_version()})
+    path.write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+
+
+def code_version():
+    """{"version": package version, "git_commit": commit or None, "git_dirty": bool or None}."""
+    import subprocess
+    from importlib import metadata
+
+    try:
+        version = metadata.version("labelassign")
+    except metadata.PackageNotFoundError:
+        version = None
+    root = Path(__file__).resolve().parents[1]
+    commit = dirty = None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        if commit:
+            status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10).stdout
+            dirty = bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"version": version, "git_commit": commit, "git_dirty": dirty}
+
+
+def _dataset_words(config):
+    data = config.data
+    if data.dataset == "digits":
+        seed = config.seed if data.seed is None else data.seed
+        return (f"the built-in digits ({data.digits_num_train} train / {data.digits_num_val} val images of "
+                f"{data.digits_image_size} px, data seed {seed}{', one category' if data.digits_single_class else ''})")
+    return f"COCO-format files: {data.train_annotations} (train), {data.val_annotations} (val)"
 
 
 def _log_record(position, result, lr, batch_size, elapsed, data_time, images_per_s):
@@ -237,8 +327,9 @@ def _final_evaluation(run):
 
 
 def format_metrics(metrics):
-    """One line: AP, AP50, AP75, APs, APm, APl in percent."""
-    return "  ".join(f"{k} {'  n/a' if v is None or math.isnan(v) else f'{100 * v:5.2f}'}" for k, v in metrics.items())
+    """One line: AP, AP50, AP75, APs, APm, APl as fractions with three decimals, the units of
+    the pycocotools table printed above it."""
+    return "  ".join(f"{k} {'  n/a' if v is None or math.isnan(v) else f'{v:.3f}'}" for k, v in metrics.items())
 
 
 def _save(run, position, per_epoch=False):
@@ -336,7 +427,10 @@ def main(argv=None):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
                         help="stop after N iterations in total, with a checkpoint (continue with --resume)")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of data and configuration errors (or set {DEBUG_ENV}=1)")
     args = parser.parse_intermixed_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     if args.list:
         print(list_configs())
         return None
@@ -351,12 +445,20 @@ def main(argv=None):
                 parser.error("a configuration name is required (see --list)")
             config = configs.get_config(args.config, args.overrides)
             run_dir = args.run_dir
-    except (ValueError, FileNotFoundError) as error:
-        parser.error(str(error))
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     try:
         return train(config, run_dir, resume=args.resume is not None, progress=not args.no_progress,
                      stop_after=args.stop_after, evaluate_at_end=not args.no_eval)
     except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except USER_ERRORS as error:
+        if debug:
+            raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     finally:

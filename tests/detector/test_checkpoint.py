@@ -102,3 +102,113 @@ def test_resume_refuses_a_different_config(tmp_path):
     other = tiny_config(root, "demo_atss", "solver.lr=0.02")
     with pytest.raises(ValueError, match="config differs"):
         train(other, tmp_path / "run", resume=True, progress=False)
+
+
+# ---------------------------------------------------------------------------------------
+# losing nothing (specs/training.md §5)
+
+
+def test_an_exception_in_the_loop_checkpoints_the_last_completed_step(tmp_path, straight_run, monkeypatch):
+    """A data error at iteration 7 (mid-epoch 2): last.pth holds iteration 6, and resuming
+    from it gives the weights and log of the uninterrupted run."""
+    from detector.data.loaders import AugmentedDataset
+
+    config, straight = straight_run
+    failed = tmp_path / "failed"
+    real = AugmentedDataset.__getitem__
+    calls = []
+
+    def flaky(self, index):
+        calls.append(index)
+        if self.epoch == 1 and len(calls) > 4 * 6:  # the first item of the 7th batch (batch size 4)
+            raise OSError(f"image {index}: cannot read (a simulated bad disk)")
+        return real(self, index)
+
+    monkeypatch.setattr(AugmentedDataset, "__getitem__", flaky)
+    with pytest.raises(OSError, match="simulated"):
+        train(config, failed, progress=False, evaluate_at_end=False)
+    monkeypatch.undo()
+    saved = load_checkpoint(failed / "last.pth")
+    assert (saved["iteration"], saved["epoch"], saved["batch_in_epoch"]) == (6, 1, 2)
+    train(config, failed, resume=True, progress=False, evaluate_at_end=False)
+    a, b = load_checkpoint(straight / "last.pth"), load_checkpoint(failed / "last.pth")
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
+    assert [r["loss"] for r in _records(straight)] == [r["loss"] for r in _records(failed)]
+    starts = json.loads((failed / "run.json").read_text())
+    assert [r["event"] for r in starts] == ["start", "resume"] and starts[1]["iteration"] == 6
+    assert "version" in starts[0] and "git_commit" in starts[0] and starts[0]["command"]
+
+
+def test_an_exception_inside_a_step_leaves_the_model_as_before(straight_run, monkeypatch):
+    from detector import engine
+    from detector.data.collate import collate
+    from detector.data.loaders import build_datasets, size_divisor
+    from detector.modeling import Detector
+    from detector.modeling.objective import DetectionObjective
+
+    config, _ = straight_run
+    data = build_datasets(config)
+    batch = collate([data.train[i] for i in range(4)], size_divisor=size_divisor(config))
+    model = Detector(config, data.num_classes)
+    model.train()
+    optimizer = engine.build_optimizer(config, model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("a bug in the loss step")
+
+    monkeypatch.setattr(DetectionObjective, "__call__", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        engine.train_step(model, batch, config, optimizer, torch.device("cpu"), iteration=0, max_iterations=8)
+    for key, value in model.state_dict().items():  # BatchNorm statistics included: the forward ran
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_orphan_temporaries_are_removed_and_checkpoints_are_readable_by_others(tmp_path, monkeypatch):
+    import os
+
+    path = save_checkpoint({"epoch": 1}, tmp_path / "last.pth")
+    old_umask = os.umask(0o022)
+    try:
+        path = save_checkpoint({"epoch": 1}, tmp_path / "last.pth")
+    finally:
+        os.umask(old_umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+    orphan = tmp_path / ".last.pth.abc123.tmp"  # what a kill between write and rename leaves
+    orphan.write_bytes(b"half a checkpoint")
+    assert ckpt.remove_orphan_temporaries(tmp_path) == [orphan]
+    assert not orphan.exists() and path.exists()
+
+
+def test_a_damaged_checkpoint_names_the_file_and_an_earlier_one(tmp_path):
+    save_checkpoint({"epoch": 1}, tmp_path / "epoch_001.pth")
+    save_checkpoint({"epoch": 2}, tmp_path / "epoch_002.pth")
+    data = (tmp_path / "epoch_002.pth").read_bytes()
+    (tmp_path / "last.pth").write_bytes(data[: len(data) // 2])  # truncated by a full disk
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(tmp_path / "last.pth")
+    message = str(error.value)
+    assert str(tmp_path / "last.pth") in message and str(tmp_path / "epoch_002.pth") in message
+    assert "weights_only" not in message
+
+
+def test_train_command_reports_data_errors_in_one_line(tmp_path, capsys, monkeypatch):
+    from detector.train import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    argv = ["demo", "data.dataset=coco", f"data.train_images={tmp_path}", f"data.train_annotations={bad}",
+            f"data.val_images={tmp_path}", f"data.val_annotations={bad}", f"output_dir={tmp_path}", "--no-progress"]
+    for args in (argv, ["demo", "data.dataset=coco"], ["no_such_config"], ["demo", "solver.lr=fast"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    with pytest.raises(ValueError, match="bad.json"):
+        main(argv + ["--debug"])
+    monkeypatch.setenv("LABELASSIGN_DEBUG", "1")
+    with pytest.raises(ValueError, match="data.dataset=coco needs"):
+        main(["demo", "data.dataset=coco"])

@@ -193,11 +193,29 @@ def test_plot_writes_a_png(finished_run, tmp_path):
     out = tmp_path / "fig.png"
     main([str(run_dir), str(run_dir), "--keys", "box_loss_pos", "loss_cls", "--labels", "a", "b", "--out", str(out)])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(ValueError, match="no run logged"):
+    with pytest.raises(SystemExit) as exit_info:
         main([str(run_dir), "--keys", "not_a_key", "--out", str(tmp_path / "x.png")])
+    assert exit_info.value.code == 2
     assert smooth([1.0, 1.0, 1.0], 0.9) == pytest.approx([1.0, 1.0, 1.0])  # bias-corrected EMA
     assert smooth([0.0, 10.0], 0.5) == pytest.approx([0.0, 5.0 / 0.75])
 
+
+def test_plot_draws_the_learning_rate_raw_and_marks_epochs(finished_run, tmp_path, monkeypatch, capsys):
+    from detector import plot
+
+    config, run_dir, _ = finished_run
+    per_epoch = loaders.iterations_per_epoch(config, 16)
+    assert plot.epoch_boundaries(run_dir) == [per_epoch]  # 2 epochs: one boundary
+    smoothed = []
+    real = plot.smooth
+    monkeypatch.setattr(plot, "smooth", lambda values, weight: smoothed.append(len(values)) or real(values, weight))
+    plot.plot_runs([run_dir], ["lr", "loss"], tmp_path / "lr.png", raw=True)
+    assert smoothed == [2 * per_epoch]  # the loss only: the learning rate is drawn as logged
+    with pytest.raises(SystemExit) as exit_info:
+        plot.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "y.png")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no log.jsonl in") and "Traceback" not in err
 
 def test_list_configs(capsys):
     from detector.train import main
