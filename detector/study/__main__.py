@@ -11,6 +11,7 @@ Usage::
         --arm k9 study_atss --arm k15 study_atss assign.topk=15 --seeds 0-4 --jobs 2
 """
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -76,6 +77,10 @@ def build_parser():
     return parser
 
 
+def _terminate_as_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.list:
@@ -111,9 +116,18 @@ def main(argv=None):
     if not args.aggregate:
         print(f"study {study.name}: {len(study.arms)} arms x {len(study.seeds)} seeds x {len(study.data_seeds)} data seeds "
               f"= {len(specs)} runs; run directories (with each run's train.log) in {args.runs}", flush=True)
-        _, failed = run_pending(specs, runs_dir=args.runs, results_dir=args.results, executor=args.executor, jobs=args.jobs,
-                                threads=args.threads, progress=not args.no_progress,
-                                slurm={"partition": args.slurm_partition, "time": args.slurm_time, "gpus": args.slurm_gpus})
+        previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # stop the workers with the study
+        try:
+            _, failed = run_pending(specs, runs_dir=args.runs, results_dir=args.results, executor=args.executor,
+                                    jobs=args.jobs, threads=args.threads, progress=not args.no_progress,
+                                    slurm={"partition": args.slurm_partition, "time": args.slurm_time,
+                                           "gpus": args.slurm_gpus})
+        except KeyboardInterrupt:
+            print("interrupted: the running runs wrote their checkpoints; start the same command again to continue",
+                  file=sys.stderr)
+            return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     out = write_report(study, args.results)
     print((out / "study.md").read_text(encoding="utf-8"))
     print(f"report written to {out}")

@@ -226,8 +226,8 @@ def _run_local(pending, runs_dir, results_dir, jobs, threads, bar):
     devices = context.Queue()
     for device in _gpu_ids(jobs):
         devices.put(device)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
-                             initargs=(devices, threads)) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(devices, threads))
+    try:
         futures = {pool.submit(execute_run, spec, runs_dir, results_dir, threads): spec for spec in pending}
         for future in as_completed(futures):
             spec = futures[future]
@@ -236,6 +236,18 @@ def _run_local(pending, runs_dir, results_dir, jobs, threads, bar):
             except Exception as error:  # a failed run must not stop the others
                 finished.append((spec, f"{type(error).__name__}: {error}", False))
             _tick(bar, finished)
+    except BaseException:
+        # interrupted (Ctrl-C, SIGTERM): stop the workers too, never leave them running. SIGTERM
+        # makes each running training finish its step and write its checkpoint (train's
+        # interrupt handler), so the next start of the study continues from there.
+        workers = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in workers:
+            process.terminate()
+        for process in workers:
+            process.join(timeout=120)
+        raise
+    pool.shutdown(wait=True)
     return finished
 
 

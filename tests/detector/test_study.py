@@ -329,3 +329,40 @@ def test_curves_are_window_means(tmp_path):
     log.write_text("".join(json.dumps({"iteration": i, "loss": float(i), "skipped": i == 3}) + "\n" for i in range(1, 8)))
     curves = curves_of_log(log, keys=("loss",), points=3)  # 6 records left, windows of 2
     assert curves == {"iteration": [2, 5, 7], "loss": [1.5, 4.5, 6.5]}
+
+
+def test_terminating_a_study_stops_its_workers_and_keeps_their_checkpoints(micro, tmp_path):
+    """SIGTERM to `python -m detector.study --jobs 2`: the workers stop too (no training goes
+    on in the background), each running run writes its checkpoint, the exit status is 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    study, root = micro
+    path = tmp_path / "long.toml"
+    overrides = list(study.overrides) + ["solver.epochs=40", "solver.steps=30"]
+    path.write_text(f'name = "long"\nbaseline = "a"\nseeds = [7]\noverrides = {json.dumps(overrides)}\n'
+                    '[[arms]]\nname = "a"\nconfig = "study_atss"\n'
+                    '[[arms]]\nname = "b"\nconfig = "study_atss"\noverrides = ["assign.topk=5"]\n')
+    runs = tmp_path / "runs"
+    process = subprocess.Popen([sys.executable, "-m", "detector.study", str(path), "--jobs", "2", "--runs", str(runs),
+                                "--results", str(tmp_path / "results"), "--no-progress"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until both runs train
+        logs = list(runs.glob("*/log.jsonl"))
+        if len(logs) == 2 and all(log.stat().st_size > 0 for log in logs):
+            break
+        time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("the runs did not start")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "start the same command again" in err
+    sizes = {log: log.stat().st_size for log in runs.glob("*/log.jsonl")}
+    time.sleep(3)
+    assert {log: log.stat().st_size for log in runs.glob("*/log.jsonl")} == sizes  # nobody trains any more
+    assert len(list(runs.glob("*/last.pth"))) == 2  # each interrupted run checkpointed its position
