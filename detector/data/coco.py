@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 
 logger = logging.getLogger(__name__)
+#: The degenerate-box warning names this many annotation ids, then a count.
+DROPPED_IDS_SHOWN = 5
 
 CROWD_MODES = ("drop", "ignore")
 
@@ -36,6 +38,7 @@ class CocoDetection(torch.utils.data.Dataset):
         category_ids: list of K COCO category ids, ascending; ``category_ids[label]`` maps back.
         category_names: list of K names in the same order.
         image_ids: list of image ids in dataset order.
+        dropped_degenerate_ids: ids of the annotations dropped as degenerate, in file order.
         num_dropped_degenerate: number of annotations dropped as degenerate (non-finite, or
             w <= 0 or h <= 0 after clipping to the image), crowd ones included.
     """
@@ -54,12 +57,17 @@ class CocoDetection(torch.utils.data.Dataset):
         self.category_names = [categories[c] for c in self.category_ids]
         self.image_ids = sorted(images)
         self._images = images
-        self._records, self.num_dropped_degenerate = _parse_annotations(
+        self._records, self.dropped_degenerate_ids = _parse_annotations(
             data, self.ann_file, images, {c: i for i, c in enumerate(self.category_ids)}
         )
+        self.num_dropped_degenerate = len(self.dropped_degenerate_ids)
         if self.num_dropped_degenerate:
+            shown = ", ".join(str(i) for i in self.dropped_degenerate_ids[:DROPPED_IDS_SHOWN])
+            more = f" and {self.num_dropped_degenerate - DROPPED_IDS_SHOWN} more" \
+                if self.num_dropped_degenerate > DROPPED_IDS_SHOWN else ""
             logger.warning("%s: dropped %d degenerate annotation(s) (non-finite, or w <= 0 or h <= 0 after "
-                           "clipping to the image)", self.ann_file, self.num_dropped_degenerate)
+                           "clipping to the image): annotation ids %s%s", self.ann_file, self.num_dropped_degenerate,
+                           shown, more)
 
     def __len__(self):
         return len(self.image_ids)
@@ -99,12 +107,45 @@ class CocoDetection(torch.utils.data.Dataset):
         path = self.image_dir / info["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"image {image_id}: file not found: {path}")
-        with Image.open(path) as pil:
-            array = np.asarray(pil.convert("RGB"))
-        if array.shape[:2] != (info["height"], info["width"]):
-            raise ValueError(f"{path}: image is {array.shape[0]}x{array.shape[1]} (HxW) but {self.ann_file} "
+        image = decode_image(path, image_id)
+        if tuple(image.shape[1:]) != (info["height"], info["width"]):
+            raise ValueError(f"{path}: image is {image.shape[1]}x{image.shape[2]} (HxW) but {self.ann_file} "
                              f"says {info['height']}x{info['width']} for image id {image_id}")
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+        return image
+
+
+#: PIL modes of 16-bit single-channel images (PNG, TIFF): scaled by 1 / 65535, not saturated.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def decode_image(path, image_id=None):
+    """(3, H, W) float32 RGB in [0, 1] from an image file (specs/data.md §2).
+
+    8-bit images are divided by 255; 16-bit single-channel images (PIL modes ``I;16*``, and
+    mode ``I`` when every value fits 16 bits) by 65535 and repeated over the 3 channels, so
+    they keep their dynamic range. Anything PIL cannot decode (a truncated or garbage file)
+    and modes without a meaningful [0, 1] scale (32-bit integer or float images) raise
+    ValueError naming the file and the image id.
+    """
+    where = f"{path}" + (f" (image id {image_id})" if image_id is not None else "")
+    try:
+        with Image.open(path) as pil:
+            pil.load()
+            if pil.mode in SIXTEEN_BIT_MODES or pil.mode == "I":
+                array = np.asarray(pil).astype(np.float32)
+                if array.size and (array.min() < 0 or array.max() > 65535):
+                    raise ValueError(f"{where}: a 32-bit integer image (values {array.min():g}..{array.max():g}); "
+                                     "convert it to 8 or 16 bits per channel")
+                gray = torch.from_numpy(array / 65535.0)
+                return gray[None].expand(3, -1, -1).contiguous()
+            if pil.mode == "F":
+                raise ValueError(f"{where}: a floating-point image has no fixed [0, 1] scale; convert it to 8 or 16 bits")
+            array = np.asarray(pil.convert("RGB"))
+    except ValueError:
+        raise
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{where}: cannot decode the image: {error}") from None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
 def _read_json(path):
@@ -164,8 +205,9 @@ def _parse_categories(data, path):
 
 
 def _parse_annotations(data, path, images, label_of):
-    """Group annotations by image as (xyxy box, label, is_crowd); count dropped degenerate boxes."""
-    records, seen, dropped = {}, set(), 0
+    """Group annotations by image as (xyxy box, label, is_crowd); list the ids of the dropped
+    degenerate boxes."""
+    records, seen, dropped = {}, set(), []
     for index, entry in enumerate(data["annotations"]):
         where = f"{path}: annotations[{index}]"
         ann_id = _require(entry, "id", int, where)
@@ -181,7 +223,7 @@ def _parse_annotations(data, path, images, label_of):
             raise ValueError(f"{where}: unknown category_id {category_id}")
         box = _xywh_to_clipped_xyxy(_parse_bbox(entry, where), images[image_id])
         if box is None:
-            dropped += 1
+            dropped.append(ann_id)
             continue
         is_crowd = bool(entry.get("iscrowd", 0))
         records.setdefault(image_id, []).append((box, label_of[category_id], is_crowd))

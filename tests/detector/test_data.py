@@ -126,6 +126,8 @@ def test_loader_counts_non_finite_and_outside_boxes_as_degenerate(tmp_path):
     data["annotations"][3]["bbox"] = [30, 0, 5, 5]  # entirely right of the 24-px-wide image
     dataset = CocoDetection(*_write_coco(tmp_path, data))
     assert dataset.num_dropped_degenerate == 3
+    assert data["annotations"][0]["id"] in dataset.dropped_degenerate_ids
+    assert data["annotations"][3]["id"] in dataset.dropped_degenerate_ids
     assert dataset[1][1]["boxes"].shape == (0, 4)
     assert dataset[2][1]["boxes"].shape == (0, 4)
 
@@ -628,3 +630,54 @@ def test_batch_to_moves_tensors():
     moved = batch.to("cpu")
     assert moved.targets[0]["image_id"] == 3
     torch.testing.assert_close(moved.images, batch.images)
+
+
+# --------------------------------------------------------------------------------------
+# image decoding: errors name the file and the image id; 16-bit images keep their range
+
+
+def test_undecodable_images_name_the_file_and_the_image_id(tmp_path):
+    from PIL import Image
+
+    from detector.data.coco import decode_image
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(good)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:200])
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"this is not an image" * 10)
+    for path in (truncated, garbage):
+        with pytest.raises(ValueError) as error:
+            decode_image(path, image_id=17)
+        assert str(path) in str(error.value) and "image id 17" in str(error.value)
+    image = decode_image(good)
+    assert image.shape == (3, 20, 30) and image.dtype == torch.float32 and float(image.max()) <= 1.0
+
+
+def test_sixteen_bit_images_are_scaled_not_saturated(tmp_path):
+    from PIL import Image
+
+    from detector.data.coco import decode_image
+
+    values = np.linspace(0, 65535, 16 * 16).astype(np.uint16).reshape(16, 16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)  # a 16-bit grayscale PNG
+    image = decode_image(path)
+    assert image.shape == (3, 16, 16)
+    torch.testing.assert_close(image[0], torch.from_numpy(values.astype(np.float32) / 65535.0))
+    assert float((image >= 1.0).float().mean()) < 0.01  # one pixel at the top, not 99 %
+    wide = tmp_path / "wide.tif"
+    Image.fromarray(np.full((4, 4), 100000, dtype=np.int32), mode="I").save(wide)
+    with pytest.raises(ValueError, match="32-bit integer image"):
+        decode_image(wide, image_id=3)
+
+
+def test_the_degenerate_box_warning_names_the_first_ids_and_a_count(tmp_path, caplog):
+    data = _coco_dict()
+    template = dict(data["annotations"][0])
+    data["annotations"] += [dict(template, id=1000 + i, bbox=[0, 0, 0, 5]) for i in range(7)]
+    dataset = CocoDetection(*_write_coco(tmp_path, data))
+    (message,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert dataset.num_dropped_degenerate >= 7
+    assert "annotation ids" in message and "1000" in message and f"and {dataset.num_dropped_degenerate - 5} more" in message
