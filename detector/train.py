@@ -404,6 +404,29 @@ class _InterruptFlag:
             signal.signal(sig, handler)
 
 
+def _check_data_command(config, *, progress):
+    """``--check-data``: every problem of the config's data at once; exit status 2 if any."""
+    from detector.data.loaders import check_data
+
+    try:
+        problems, summaries = check_data(config, progress=progress)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    for split, summary in summaries.items():
+        if summary:
+            print(f"{split}: {summary['images']} images, {summary['annotations']} annotations, "
+                  f"{summary['categories']} categories, {summary['degenerate_annotations']} degenerate boxes (dropped "
+                  "at loading)")
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        sys.exit(2)
+    print("no problems found")
+    return summaries
+
+
 def list_configs():
     """The table printed by ``--list``."""
     width = max(len(name) for name in configs.CONFIGS)
@@ -427,6 +450,9 @@ def main(argv=None):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
                         help="stop after N iterations in total, with a checkpoint (continue with --resume)")
+    parser.add_argument("--check-data", action="store_true",
+                        help="check every annotation and decode every image of the config's splits, report all "
+                             "problems, and exit (status 2 when there are problems)")
     parser.add_argument("--debug", action="store_true",
                         help=f"show the traceback of data and configuration errors (or set {DEBUG_ENV}=1)")
     args = parser.parse_intermixed_args(argv)
@@ -450,6 +476,8 @@ def main(argv=None):
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    if args.check_data:
+        return _check_data_command(config, progress=not args.no_progress)
     try:
         return train(config, run_dir, resume=args.resume is not None, progress=not args.no_progress,
                      stop_after=args.stop_after, evaluate_at_end=not args.no_eval)

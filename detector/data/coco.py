@@ -3,9 +3,11 @@
 The annotation file is parsed and checked once, at construction; images are read lazily.
 pycocotools is not needed here (it is used only for evaluation).
 """
+import contextlib
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -174,60 +176,132 @@ def _require(entry, key, kind, where):
     return value
 
 
-def _parse_images(data, path):
-    """{image id: {"file_name", "height", "width"}}; raises ValueError on bad or duplicate entries."""
+def _parse_images(data, path, errors=None):
+    """{image id: {"file_name", "height", "width"}}; raises ValueError on bad or duplicate
+    entries, or, with an ``errors`` list, appends each message to it and skips the entry."""
     images = {}
     for index, entry in enumerate(data["images"]):
-        where = f"{path}: images[{index}]"
-        image_id = _require(entry, "id", int, where)
-        where = f"{where} (id {image_id})"
-        if image_id in images:
-            raise ValueError(f"{where}: duplicate image id {image_id}")
-        record = {"file_name": _require(entry, "file_name", str, where)}
-        for key in ("height", "width"):
-            record[key] = _require(entry, key, int, where)
-            if record[key] <= 0:
-                raise ValueError(f"{where}: {key!r} must be positive, got {record[key]}")
-        images[image_id] = record
+        with _collect(errors):
+            where = f"{path}: images[{index}]"
+            image_id = _require(entry, "id", int, where)
+            where = f"{where} (id {image_id})"
+            if image_id in images:
+                raise ValueError(f"{where}: duplicate image id {image_id}")
+            record = {"file_name": _require(entry, "file_name", str, where)}
+            for key in ("height", "width"):
+                record[key] = _require(entry, key, int, where)
+                if record[key] <= 0:
+                    raise ValueError(f"{where}: {key!r} must be positive, got {record[key]}")
+            images[image_id] = record
     return images
 
 
-def _parse_categories(data, path):
-    """{category id: name}; raises ValueError on bad or duplicate entries."""
+def _parse_categories(data, path, errors=None):
+    """{category id: name}; raises ValueError on bad or duplicate entries (or collects them)."""
     categories = {}
     for index, entry in enumerate(data["categories"]):
-        where = f"{path}: categories[{index}]"
-        category_id = _require(entry, "id", int, where)
-        if category_id in categories:
-            raise ValueError(f"{where}: duplicate category id {category_id}")
-        categories[category_id] = str(entry.get("name", category_id))
+        with _collect(errors):
+            where = f"{path}: categories[{index}]"
+            category_id = _require(entry, "id", int, where)
+            if category_id in categories:
+                raise ValueError(f"{where}: duplicate category id {category_id}")
+            categories[category_id] = str(entry.get("name", category_id))
     return categories
 
 
-def _parse_annotations(data, path, images, label_of):
+def _parse_annotations(data, path, images, label_of, errors=None):
     """Group annotations by image as (xyxy box, label, is_crowd); list the ids of the dropped
-    degenerate boxes."""
+    degenerate boxes. Raises ValueError on a bad entry (or collects the messages)."""
     records, seen, dropped = {}, set(), []
     for index, entry in enumerate(data["annotations"]):
-        where = f"{path}: annotations[{index}]"
-        ann_id = _require(entry, "id", int, where)
-        where = f"{where} (id {ann_id})"
-        if ann_id in seen:
-            raise ValueError(f"{where}: duplicate annotation id {ann_id}")
-        seen.add(ann_id)
-        image_id = _require(entry, "image_id", int, where)
-        category_id = _require(entry, "category_id", int, where)
-        if image_id not in images:
-            raise ValueError(f"{where}: unknown image_id {image_id}")
-        if category_id not in label_of:
-            raise ValueError(f"{where}: unknown category_id {category_id}")
-        box = _xywh_to_clipped_xyxy(_parse_bbox(entry, where), images[image_id])
-        if box is None:
-            dropped.append(ann_id)
-            continue
-        is_crowd = bool(entry.get("iscrowd", 0))
-        records.setdefault(image_id, []).append((box, label_of[category_id], is_crowd))
+        with _collect(errors):
+            where = f"{path}: annotations[{index}]"
+            ann_id = _require(entry, "id", int, where)
+            where = f"{where} (id {ann_id})"
+            if ann_id in seen:
+                raise ValueError(f"{where}: duplicate annotation id {ann_id}")
+            seen.add(ann_id)
+            image_id = _require(entry, "image_id", int, where)
+            category_id = _require(entry, "category_id", int, where)
+            if image_id not in images:
+                raise ValueError(f"{where}: unknown image_id {image_id}")
+            if category_id not in label_of:
+                raise ValueError(f"{where}: unknown category_id {category_id}")
+            box = _xywh_to_clipped_xyxy(_parse_bbox(entry, where), images[image_id])
+            if box is None:
+                dropped.append(ann_id)
+                continue
+            is_crowd = bool(entry.get("iscrowd", 0))
+            records.setdefault(image_id, []).append((box, label_of[category_id], is_crowd))
     return records, dropped
+
+
+@contextlib.contextmanager
+def _collect(errors):
+    """Inside: a ValueError propagates (``errors`` None) or is appended to ``errors``."""
+    try:
+        yield
+    except ValueError as error:
+        if errors is None:
+            raise
+        errors.append(str(error))
+
+
+def check_coco_dataset(image_dir, ann_file, *, workers=None, progress=True):
+    """Every problem of a COCO-format split at once (specs/data.md §2.2): every entry of the
+    annotation file validated, every image file decoded (in parallel) and its size compared
+    with its entry.
+
+    Returns:
+        (problems, summary): a list of one-line messages naming the file, entry and id, and
+        a dict with the numbers of images, annotations, categories and degenerate boxes.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    image_dir, ann_file = Path(image_dir), Path(ann_file)
+    problems = []
+    try:
+        data = _read_json(ann_file)
+    except (ValueError, FileNotFoundError) as error:
+        return [str(error)], {}
+    if not image_dir.is_dir():
+        problems.append(f"{image_dir}: no such image folder")
+    images = _parse_images(data, ann_file, problems)
+    categories = _parse_categories(data, ann_file, problems)
+    _, dropped = _parse_annotations(data, ann_file, images, {c: i for i, c in enumerate(sorted(categories))}, problems)
+
+    def check(item):
+        image_id, info = item
+        path = image_dir / info["file_name"]
+        if not path.is_file():
+            return f"{path} (image id {image_id}): file not found"
+        try:
+            image = decode_image(path, image_id)
+        except ValueError as error:
+            return str(error)
+        if tuple(image.shape[1:]) != (info["height"], info["width"]):
+            return (f"{path} (image id {image_id}): image is {image.shape[1]}x{image.shape[2]} (HxW) but "
+                    f"{ann_file} says {info['height']}x{info['width']}")
+        return None
+
+    items = sorted(images.items())
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), desc=f"check {ann_file.name}", unit="img", dynamic_ncols=True)
+    if image_dir.is_dir():
+        with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
+            for message in pool.map(check, items):  # PIL releases the GIL while decoding
+                if message is not None:
+                    problems.append(message)
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    summary = {"images": len(images), "annotations": len(data["annotations"]), "categories": len(categories),
+               "degenerate_annotations": len(dropped)}
+    return problems, summary
 
 
 def _parse_bbox(entry, where):

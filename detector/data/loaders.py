@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from detector.data.coco import CocoDetection
+from detector.data.coco import CocoDetection, check_coco_dataset
 from detector.data.collate import collate
 from detector.data.synthetic import build_digits_dataset, default_cache_root
 from detector.data.transforms import Compose, Normalize, RandomHorizontalFlip, Resize
@@ -56,6 +56,22 @@ def dataset_paths(config):
     if missing:
         raise ValueError("data.dataset=coco needs " + " ".join(f"data.{k}=PATH" for k in missing))
     return data.train_images, data.train_annotations, data.val_images, data.val_annotations
+
+
+def check_data(config, *, workers=None, progress=True):
+    """Check the train and val splits of a config completely before training (every
+    annotation, every image decoded); see ``coco.check_coco_dataset``.
+
+    Returns:
+        (problems, summaries): all problems of both splits as one-line messages, and
+        {"train": summary, "val": summary}.
+    """
+    train_images, train_annotations, val_images, val_annotations = dataset_paths(config)
+    problems, summaries = [], {}
+    for split, images, annotations in (("train", train_images, train_annotations), ("val", val_images, val_annotations)):
+        found, summaries[split] = check_coco_dataset(images, annotations, workers=workers, progress=progress)
+        problems += found
+    return problems, summaries
 
 
 def test_transform(config):

@@ -681,3 +681,42 @@ def test_the_degenerate_box_warning_names_the_first_ids_and_a_count(tmp_path, ca
     (message,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert dataset.num_dropped_degenerate >= 7
     assert "annotation ids" in message and "1000" in message and f"and {dataset.num_dropped_degenerate - 5} more" in message
+
+
+def test_check_reports_every_problem_of_a_split_at_once(tmp_path):
+    from detector.data.coco import check_coco_dataset
+
+    data = _coco_dict()
+    data["annotations"][0]["category_id"] = 999  # unknown category
+    data["annotations"][1]["bbox"] = "oops"  # malformed box
+    image_dir, ann_file = _write_coco(tmp_path, data)
+    first, second, third = IMAGES[0], IMAGES[1], IMAGES[2]
+    (image_dir / first["file_name"]).write_bytes(b"garbage")  # undecodable
+    (image_dir / second["file_name"]).unlink()  # missing
+    Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(image_dir / third["file_name"])  # wrong size
+    problems, summary = check_coco_dataset(image_dir, ann_file, progress=False)
+    assert len(problems) == 5, problems
+    text = "\n".join(problems)
+    assert "unknown category_id 999" in text and "'bbox' must be a list" in text
+    assert f"(image id {first['id']}): cannot decode" in text
+    assert f"(image id {second['id']}): file not found" in text
+    assert f"(image id {third['id']}): image is 3x3" in text
+    assert summary["images"] == len(IMAGES)
+    with pytest.raises(ValueError, match="unknown category_id 999"):  # the loader still stops at the first
+        CocoDetection(image_dir, ann_file)
+
+
+def test_train_check_data_command(tmp_path, capsys):
+    from detector.train import main
+
+    image_dir, ann_file = _write_coco(tmp_path)
+    argv = ["demo", "data.dataset=coco", f"data.train_images={image_dir}", f"data.train_annotations={ann_file}",
+            f"data.val_images={image_dir}", f"data.val_annotations={ann_file}", "--check-data", "--no-progress"]
+    summaries = main(argv)
+    assert summaries["train"]["images"] == len(IMAGES) and "no problems found" in capsys.readouterr().out
+    (image_dir / IMAGES[0]["file_name"]).write_bytes(b"garbage")
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("cannot decode") == 2 and "2 problem(s) found" in err  # train and val name the same file
