@@ -106,8 +106,21 @@ def as_pred_boxes(boxes, name, shape):
     return tensor
 
 
+def check_same_device(tensor, reference, name, reference_name):
+    """``tensor`` must be on the device of ``reference`` (an assigner never moves its inputs
+    silently between devices). Returns ``tensor``."""
+    if isinstance(tensor, torch.Tensor) and tensor.device.type == "meta":
+        raise ValueError(f"{name}: a tensor on the meta device has no values to compute with")
+    if isinstance(tensor, torch.Tensor) and tensor.device != reference.device:
+        raise ValueError(f"{name}: on {tensor.device}, but {reference_name} is on {reference.device}; "
+                         "put every input of one call on one device")
+    return tensor
+
+
 def _as_real_tensor(values, name):
     tensor = values if isinstance(values, torch.Tensor) else torch.as_tensor(_to_array(values, name))
+    if tensor.device.type == "meta":
+        raise ValueError(f"{name}: a tensor on the meta device has no values to compute with")
     if tensor.dtype == torch.bool or tensor.is_complex():
         raise ValueError(f"{name}: expected a real integer or floating dtype, got {tensor.dtype}")
     if tensor.dtype in (torch.float16, torch.bfloat16):

@@ -370,7 +370,7 @@ def _check_inputs(points, num_points_per_level, gt_boxes, gt_valid, strides, reg
         ``hi`` and ``stride`` (the reference expands them to (A,) arrays instead).
     """
     points = as_points(points, "points")
-    points, gt_boxes, gt_valid = as_padded_batch(points, gt_boxes, gt_valid)
+    points, gt_boxes, gt_valid = as_padded_batch(points, gt_boxes, gt_valid, "points")
     counts = check_level_counts(num_points_per_level, len(points), "num_points_per_level")
     strides = [float(s) for s in strides]
     if len(strides) != len(counts) or not all(math.isfinite(s) and s > 0 for s in strides):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from detector.assign.result import Assignment
-from detector.validation import as_boxes
+from detector.validation import as_boxes, check_same_device
 
 #: Default bound on the number of GT x anchor values an anchor-based assigner materialises
 #: at once (B * G * A); GTs are processed in chunks above it.
@@ -39,7 +39,7 @@ def one_image(assign_batched, shared, gt_boxes, *per_image, **options):
     return assign_batched(*shared, gt_boxes[None], gt_valid, *per_image, **options).image(0)
 
 
-def as_padded_batch(priors, gt_boxes, gt_valid):
+def as_padded_batch(priors, gt_boxes, gt_valid, priors_name="anchors"):
     """Check and convert a padded batch of GTs for checked anchors or points.
 
     Args:
@@ -47,6 +47,7 @@ def as_padded_batch(priors, gt_boxes, gt_valid):
         gt_boxes: (B, G_max, 4) xyxy; slots where ``gt_valid`` is False may hold anything
             (they are zeroed before the check).
         gt_valid: (B, G_max) bool mask (a tensor or array-like).
+        priors_name: the name of ``priors`` in error messages.
 
     Returns:
         ``priors``, ``gt_boxes`` and ``gt_valid`` with priors and GTs in one floating dtype
@@ -54,8 +55,11 @@ def as_padded_batch(priors, gt_boxes, gt_valid):
 
     Raises:
         ValueError: ``gt_valid`` not a (B, G_max) bool mask; ``gt_boxes`` not (B, G_max, 4)
-            or a bad valid box (names the first bad ``(image, slot)``).
+            or a bad valid box (names the first bad ``(image, slot)``); a tensor on the meta
+            device, or on another device than ``priors``.
     """
+    check_same_device(gt_boxes, priors, "gt_boxes", priors_name)
+    check_same_device(gt_valid, priors, "gt_valid", priors_name)
     gt_valid = torch.as_tensor(gt_valid)
     if gt_valid.dtype != torch.bool or gt_valid.ndim != 2:
         raise ValueError(f"gt_valid: expected a (B, G_max) bool mask, got {gt_valid.dtype} {tuple(gt_valid.shape)}")

@@ -36,6 +36,7 @@ from detector.validation import (
     as_pred_boxes,
     check_level_counts,
     check_max_elements,
+    check_same_device,
     check_number,
     check_topk,
 )
@@ -132,6 +133,7 @@ def assign_dynamic_atss_batched(
     anchors = as_boxes(anchors, "anchors")
     anchors, gt_boxes, gt_valid = as_padded_batch(anchors, gt_boxes, gt_valid)
     counts = check_level_counts(num_anchors_per_level, len(anchors), "num_anchors_per_level")
+    check_same_device(pred_boxes, anchors, "pred_boxes", "anchors")
     pred_boxes = as_pred_boxes(pred_boxes, "pred_boxes", (len(gt_boxes), len(anchors), 4))
     topk = check_topk(topk)
     pred_weight = check_number(pred_weight, "pred_weight", minimum=0.0)
