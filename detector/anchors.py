@@ -48,8 +48,23 @@ def level_anchors(
     return torch.cat([points - half, points + half], dim=1)
 
 
-def multi_level_points(image_size, strides=DEFAULT_STRIDES, center_offset=DEFAULT_CENTER_OFFSET, *, device=None, dtype=None):
+def multi_level_points(
+    image_size=None,
+    strides=DEFAULT_STRIDES,
+    center_offset=DEFAULT_CENTER_OFFSET,
+    level_sizes=None,
+    *,
+    device=None,
+    dtype=None,
+):
     """Points of all levels (specs/anchors.md §4).
+
+    Args:
+        image_size: (H, W) of the padded input, or None when ``level_sizes`` is given.
+        strides: L strides.
+        center_offset: as in ``level_points``.
+        level_sizes: None, or the L ``(H_l, W_l)`` of the network's feature maps; with an
+            ``image_size`` too they must equal ``feature_sizes(image_size, strides)``.
 
     Returns:
         points: (A, 2), level-major.
@@ -58,7 +73,7 @@ def multi_level_points(image_size, strides=DEFAULT_STRIDES, center_offset=DEFAUL
     """
     strides = _check_strides(strides)
     dtype = dtype or torch.get_default_dtype()
-    sizes = feature_sizes(image_size, strides)
+    sizes = _level_sizes(image_size, strides, level_sizes)
     points = [level_points(size, s, center_offset, device=device, dtype=dtype) for size, s in zip(sizes, strides)]
     point_strides = [torch.full((len(p),), float(s), device=device, dtype=dtype) for p, s in zip(points, strides)]
     return (
@@ -69,15 +84,18 @@ def multi_level_points(image_size, strides=DEFAULT_STRIDES, center_offset=DEFAUL
 
 
 def multi_level_anchors(
-    image_size,
+    image_size=None,
     strides=DEFAULT_STRIDES,
     octave_base_scale=OCTAVE_BASE_SCALE,
     center_offset=DEFAULT_CENTER_OFFSET,
+    level_sizes=None,
     *,
     device=None,
     dtype=None,
 ):
     """ATSS anchors of all levels (specs/anchors.md §4).
+
+    Args as ``multi_level_points``, plus ``octave_base_scale`` as in ``level_anchors``.
 
     Returns:
         anchors: (A, 4) xyxy, level-major.
@@ -85,11 +103,31 @@ def multi_level_anchors(
     """
     strides = _check_strides(strides)
     dtype = dtype or torch.get_default_dtype()
-    sizes = feature_sizes(image_size, strides)
+    sizes = _level_sizes(image_size, strides, level_sizes)
     anchors = [
         level_anchors(size, s, octave_base_scale, center_offset, device=device, dtype=dtype) for size, s in zip(sizes, strides)
     ]
     return (torch.cat(anchors) if anchors else torch.zeros((0, 4), device=device, dtype=dtype)), [len(a) for a in anchors]
+
+
+def _level_sizes(image_size, strides, level_sizes):
+    """The (H_l, W_l) of each level: ``level_sizes`` when given (checked against
+    ``image_size`` when both are), else ``feature_sizes(image_size, strides)``."""
+    if level_sizes is None:
+        if image_size is None:
+            raise ValueError("image_size, level_sizes: expected at least one of them")
+        return feature_sizes(image_size, strides)
+    sizes = [(int(h), int(w)) for h, w in level_sizes]
+    if len(sizes) != len(strides) or any(h < 0 or w < 0 for h, w in sizes):
+        raise ValueError(f"level_sizes: expected {len(strides)} (H_l, W_l) pairs of non-negative ints, got {list(level_sizes)}")
+    if image_size is not None:
+        expected = feature_sizes(image_size, strides)
+        if sizes != expected:
+            raise ValueError(
+                f"level_sizes: the feature maps {sizes} do not tile image_size {tuple(image_size)} at strides {strides} "
+                f"(that size gives {expected}); pad the input to a multiple of {max(strides)} (the largest stride) and pass "
+                "that size, or pass only the feature-map sizes")
+    return sizes
 
 
 def _check_image_size(image_size):

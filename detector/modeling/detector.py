@@ -82,20 +82,17 @@ class Detector(nn.Module):
     def priors(self, image_size, feature_sizes=None, *, device=None, dtype=torch.float32):
         """``Priors`` of a padded image of ``image_size`` (H, W).
 
-        ``feature_sizes`` (from ``HeadOutputs``) are checked against the anchor grid, so a
-        batch whose size is not a multiple of the largest stride fails loudly instead of
-        pairing predictions with the wrong anchors.
+        ``feature_sizes`` (from ``HeadOutputs``) are checked against ``image_size`` by the
+        generators, so a batch whose size is not a multiple of the largest stride fails
+        loudly instead of pairing predictions with the wrong anchors.
         """
         strides = tuple(2**level for level in self.levels)
-        points, point_strides, num_per_level = multi_level_points(image_size, strides, device=device, dtype=dtype)
+        points, point_strides, num_per_level = multi_level_points(image_size, strides, level_sizes=feature_sizes,
+                                                                  device=device, dtype=dtype)
         anchors = None
         if self.config.head.family == "anchor_based":
-            anchors, _ = multi_level_anchors(image_size, strides, self.config.head.anchor_scale, device=device, dtype=dtype)
-        if feature_sizes is not None:
-            expected = [h * w for h, w in feature_sizes]
-            if expected != list(num_per_level):
-                raise ValueError(f"image_size {tuple(image_size)}: feature maps {feature_sizes} do not match the "
-                                 f"anchor grid {num_per_level}; pad images to a multiple of {max(strides)}")
+            anchors, _ = multi_level_anchors(image_size, strides, self.config.head.anchor_scale, level_sizes=feature_sizes,
+                                             device=device, dtype=dtype)
         return Priors(anchors, points, point_strides, list(num_per_level), self.levels)
 
     def losses(self, outputs, targets, image_size, *, iteration=0, max_iterations=1, all_reduce_mean=None):

@@ -86,6 +86,12 @@ def test_anchors_and_points_match_reference(height, width, offset, num_levels):
     t_points, t_strides, _ = DA.multi_level_points((height, width), strides, center_offset=offset, dtype=torch.float64)
     np.testing.assert_array_equal(t_points.numpy(), points)
     np.testing.assert_array_equal(t_strides.numpy(), point_strides)
+    sizes = RA.feature_sizes((height, width), strides)  # the same grids from the feature-map sizes
+    t_direct, t_direct_counts = DA.multi_level_anchors(level_sizes=sizes, strides=strides, center_offset=offset,
+                                                       dtype=torch.float64)
+    assert t_direct_counts == counts
+    np.testing.assert_array_equal(t_direct.numpy(), anchors)
+    np.testing.assert_array_equal(RA.multi_level_points(level_sizes=sizes, strides=strides, center_offset=offset)[0], points)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -47,3 +47,25 @@ def test_layout_invariants(height, width, offset):  # invariants
 def test_bad_arguments(size, strides):
     with pytest.raises(ValueError):
         R.multi_level_anchors(size, strides)
+
+
+def test_generators_take_the_feature_map_sizes_directly():
+    """The README's trap: anchors for an unpadded 800 x 1333 image have 167 columns at stride
+    8; the network on the padded input has more. ``level_sizes`` pairs them exactly."""
+    from reference.anchors import feature_sizes, multi_level_anchors, multi_level_points
+
+    strides = (8, 16, 32, 64, 128)
+    padded = feature_sizes((896, 1408), strides)
+    assert padded[0] == (112, 176) and feature_sizes((800, 1333), strides)[0] == (100, 167)
+    direct, counts = multi_level_anchors(level_sizes=padded, strides=strides)
+    from_size, counts_from_size = multi_level_anchors((896, 1408), strides)
+    np.testing.assert_array_equal(direct, from_size)
+    assert counts == counts_from_size == [h * w for h, w in padded]
+    points, _, _ = multi_level_points(level_sizes=padded, strides=strides)
+    assert len(points) == sum(counts)
+    with pytest.raises(ValueError, match=r"level_sizes: .*do not tile image_size \(800, 1333\).*multiple of 128"):
+        multi_level_anchors((800, 1333), strides, level_sizes=padded)
+    with pytest.raises(ValueError, match="level_sizes: expected 5"):
+        multi_level_points(level_sizes=padded[:2], strides=strides)
+    with pytest.raises(ValueError, match="image_size, level_sizes"):
+        multi_level_points(strides=strides)
