@@ -212,3 +212,25 @@ def test_train_command_reports_data_errors_in_one_line(tmp_path, capsys, monkeyp
     monkeypatch.setenv("LABELASSIGN_DEBUG", "1")
     with pytest.raises(ValueError, match="data.dataset=coco needs"):
         main(["demo", "data.dataset=coco"])
+
+
+def test_a_save_killed_half_way_leaves_an_orphan_that_the_next_start_removes(tmp_path):
+    """SIGKILL between writing the temporary file and renaming it (no cleanup can run), then
+    a new start of the run in that folder: the orphan is gone, the run trains."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    code = ("import os, signal\n"
+            "import detector.checkpoint as c\n"
+            "c.os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"c.save_checkpoint({{'epoch': 1}}, {str(run_dir / 'last.pth')!r})\n")
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert killed.returncode == -9
+    (orphan,) = run_dir.glob(".last.pth.*.tmp")
+    assert orphan.stat().st_size > 0 and not (run_dir / "last.pth").exists()
+    config = tiny_config(tmp_path / "data", "demo_atss")
+    train(config, run_dir, progress=False, stop_after=1, evaluate_at_end=False)
+    assert not orphan.exists() and list(run_dir.glob(".*.tmp")) == []
+    assert load_checkpoint(run_dir / "last.pth")["iteration"] == 1
