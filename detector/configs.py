@@ -114,6 +114,11 @@ class InferenceConfig:
 class DataConfig:
     """Dataset and transforms. ``digits_*`` are the built-in generator's arguments.
 
+    ``min_size``: training shorter sides, one drawn per image; ``min_size_range`` (lo, hi),
+    when set, replaces it with every integer in [lo, hi] (the official ATSS / Dynamic ATSS
+    ``MIN_SIZE_RANGE_TRAIN``). ``drop_empty_train``: leave images without annotations out of
+    the training split (the official codes do; evaluation keeps them).
+
     ``seed``: the seed the built-in dataset is generated from; None (the default) uses the
     run's ``seed``, so that a config names one dataset. A study that varies the training
     seed on fixed data sets it (specs/training.md §1).
@@ -126,6 +131,7 @@ class DataConfig:
     val_images: typing.Optional[str] = None
     val_annotations: typing.Optional[str] = None
     min_size: tuple = (800,)
+    min_size_range: typing.Optional[tuple] = None
     max_size: int = 1333
     test_min_size: int = 800
     flip: float = 0.5
@@ -238,6 +244,10 @@ def validate(config):
     if config.solver.max_bad_steps < 1:
         raise ValueError("solver.max_bad_steps: expected a positive int")
     check_options(config.assign, config.head.family, levels)
+    size_range = config.data.min_size_range
+    if size_range is not None and (len(size_range) != 2 or not all(isinstance(v, int) for v in size_range)
+                                   or not 0 < size_range[0] <= size_range[1]):
+        raise ValueError(f"data.min_size_range: expected two ints 0 < lo <= hi, got {size_range}")
     if not 0.0 <= config.data.flip <= 1.0:
         raise ValueError(f"data.flip: expected a probability, got {config.data.flip}")
     return config
@@ -421,14 +431,27 @@ def _restore(value):
 # The named configurations
 
 
+#: The solver of the official ATSS, Dynamic ATSS and Pseudo-IoU COCO configs (ATSS
+#: ``atss_core/config/defaults.py`` with ``configs/atss/*.yaml``, DLA-Combined-IoUs
+#: ``dynamic_atss_core/config/defaults.py`` with ``configs/dynamic_atss/dynamic_atss_R_50_FPN_1x.yaml``,
+#: Pseudo-IoU ``configs/pseudo-iou/piou_r50_caffe_fpn_gn-head_1x_coco.py``): SGD lr 0.01 at
+#: batch 16, momentum 0.9, weight decay 1e-4, **constant warmup at 1/3 for 500 iterations**,
+#: **bias lr x2 and no bias decay**; 12 epochs with the lr divided by 10 after 8 and 11.
+OFFICIAL_SOLVER = SolverConfig(batch_size=16, lr=0.01, momentum=0.9, weight_decay=1e-4, bias_lr_factor=2.0,
+                               bias_weight_decay=0.0, epochs=12, steps=(8, 11), warmup="constant", warmup_iters=500,
+                               warmup_ratio=1 / 3)
+#: COCO training data of the official codes: 800 / 1333, flip 0.5, images without
+#: annotations left out of training (``remove_images_without_annotations``, ``filter_empty_gt``).
+COCO_DATA = DataConfig(dataset="coco", min_size=(800,), max_size=1333, test_min_size=800, drop_empty_train=True)
+#: Post-processing of the Pseudo-IoU head: the paper's 0.05 / NMS 0.5 (VOC, and "the same
+#: post-processing" on COCO) and the released COCO config's ``nms=dict(iou_threshold=0.5)``.
+PIOU_INFERENCE = InferenceConfig(nms_threshold=0.5)
+
+
 def _coco_1x(name, description, reproduces, **sections):
-    """COCO R-50 1x recipe (ATSS / Dynamic ATSS / Pseudo-IoU Table 3): batch 16, lr 0.01,
-    warmup 500 iterations, steps at epochs 8 and 11 of 12, 800/1333, wd 1e-4, momentum 0.9."""
-    base = Config(
-        name=name, description=description, reproduces=reproduces,
-        data=DataConfig(dataset="coco", min_size=(800,), max_size=1333, test_min_size=800),
-        solver=SolverConfig(batch_size=16, lr=0.01, epochs=12, steps=(8, 11), warmup_iters=500),
-    )
+    """COCO R-50 1x recipe of the official ATSS / Dynamic ATSS code (``OFFICIAL_SOLVER``,
+    ``COCO_DATA``)."""
+    base = Config(name=name, description=description, reproduces=reproduces, data=COCO_DATA, solver=OFFICIAL_SOLVER)
     return replace(base, **sections)
 
 
@@ -448,15 +471,19 @@ def _dyn(pred_weight=1.0, anchor_weight=1.0, pred_schedule="constant", anchor_sc
 
 
 def _af(name, description, reproduces, *, assign, box="iou", quality="none"):
-    """Pseudo-IoU paper's anchor-free head (Table 3): focal + IoU/GIoU, optional centerness,
-    R-50 1x at 800/1333; score = cls * centerness (product) as the official head."""
+    """The Pseudo-IoU paper's anchor-free head (Table 3), trained as the official R-50 config
+    ``configs/pseudo-iou/piou_r50_caffe_fpn_gn-head_1x_coco.py``: focal + IoU/GIoU,
+    optional centerness; ``OFFICIAL_SOLVER`` with gradient clipping at 35; shorter side 640
+    or 800 (its ``img_scale=[(1333, 640), (1333, 800)]``), flip 0.5; NMS 0.5; score = cls *
+    centerness (product) as the official head."""
     return _coco_1x(
         name, description, reproduces,
         head=HeadConfig(family="anchor_free", quality=quality),
         assign=assign,
         loss=LossConfig(cls="focal", box=box, box_weight=1.0),
-        inference=InferenceConfig(score_mode="product" if quality != "none" else "cls"),
-        solver=SolverConfig(batch_size=16, lr=0.01, epochs=12, steps=(8, 11), warmup_iters=500, grad_clip_norm=35.0),
+        inference=replace(PIOU_INFERENCE, score_mode="product" if quality != "none" else "cls"),
+        solver=replace(OFFICIAL_SOLVER, grad_clip_norm=35.0),
+        data=replace(COCO_DATA, min_size=(640, 800)),
     )
 
 
@@ -527,16 +554,29 @@ def _build_configs():
         configs.append(_af(f"ctr_c{tag}_r50_1x", f"centerness assignment, c = {c}", f"{piou} Table 2 'Centerness' column, c = {c}",
                            assign=CenternessOptions(threshold=c)))
     # Longer recipes: R-101 2x (Dynamic ATSS Table 5, Pseudo-IoU Table 4).
-    r101_2x = dict(backbone=BackboneConfig(name="resnet101"),
-                   solver=SolverConfig(batch_size=16, lr=0.01, epochs=24, steps=(16, 22), warmup_iters=500),
-                   data=DataConfig(dataset="coco", min_size=(640, 672, 704, 736, 768, 800), max_size=1333, test_min_size=800))
+    # Longer recipes. Dynamic ATSS / ATSS R-101 2x as the official configs
+    # (dynamic_atss_R_101_FPN_2x.yaml, atss_R_101_FPN_2x.yaml): 24 epochs, every integer
+    # shorter side in [640, 800] (MIN_SIZE_RANGE_TRAIN), flip 0.5.
+    r101_2x = dict(backbone=BackboneConfig(name="resnet101"), solver=replace(OFFICIAL_SOLVER, epochs=24, steps=(16, 22)),
+                   data=replace(COCO_DATA, min_size_range=(640, 800)))
+    # Pseudo-IoU Table 4 as the paper's text (P:135, P:229; the official R-101 config has no
+    # 2x schedule): 24 epochs, steps after 16 and 22, 1500 warmup iterations, shorter side
+    # drawn from 640..800 without flipping; clipping and NMS as the official head.
+    piou_r101_2x = dict(backbone=BackboneConfig(name="resnet101"),
+                        solver=replace(OFFICIAL_SOLVER, epochs=24, steps=(16, 22), warmup_iters=1500, grad_clip_norm=35.0),
+                        data=replace(COCO_DATA, min_size_range=(640, 800), flip=0.0))
     configs += [
-        replace(_atss("dyn_atss_qfl_iou_r101_2x", "Dynamic ATSS final model, R-101, 2x, multi-scale 640-800",
+        replace(_atss("dyn_atss_qfl_iou_r101_2x", "Dynamic ATSS final model, R-101, 2x, multi-scale 640-800 (official config)",
                       f"{dyn} Table 5 (R-101 2x, MStrain)", assign=_dyn(), loss=LossConfig(cls="qfl"), quality="iou"), **r101_2x),
-        replace(_af("piou_giou_ctr_r101_2x", "Pseudo-IoU + GIoU + centerness, R-101, 2x, multi-scale 640-800",
+        replace(_af("piou_giou_ctr_r101_2x", "Pseudo-IoU + GIoU + centerness, R-101, 2x, 640-800 without flip (paper text)",
                     f"{piou} Table 4 'Pseudo-IoU R-101-FPN'", assign=PseudoIouOptions(), box="giou",
-                    quality="centerness"), **r101_2x),
-        replace(_atss("atss_r101_2x", "ATSS R-101, 2x, multi-scale 640-800", f"{dyn} Table 5 'ATSS R-101 2x'"), **r101_2x),
+                    quality="centerness"), **piou_r101_2x),
+        replace(_atss("atss_r101_2x", "ATSS R-101, 2x, multi-scale 640-800 (official config)",
+                      f"{dyn} Table 5 'ATSS R-101 2x'"), **r101_2x),
+        # the paper's text for Table 3 instead of the official config: single scale 800, flip
+        replace(_af("piou_giou_ctr_r50_1x_paper", "Pseudo-IoU + GIoU + centerness, R-50 1x, single scale 800 (paper text)",
+                    f"{piou} Table 3 row 'Pseudo-IoU + GIoU + centerness' as its text describes it (P:185)",
+                    assign=PseudoIouOptions(), box="giou", quality="centerness"), data=COCO_DATA),
     ]
     configs += _demo_configs()
     return {c.name: validate(c) for c in configs}

@@ -9,8 +9,8 @@ against the iteration (matplotlib, Agg backend, PNG): losses and diagnostics smo
 (``--raw`` also draws the raw values, faintly), the learning rate and other schedules raw;
 dotted vertical lines mark the epoch boundaries, and each axis names its unit. With the default key
 ``box_loss_pos`` (the unweighted mean box loss of the positives) two runs redraw the
-Dynamic ATSS paper's Figure 3 (ATSS vs ATSS + CIoUs) and, for GFL/VFNet-style runs,
-Figures 4-5.
+Dynamic ATSS paper's Figure 3 (ATSS vs ATSS + CIoUs) in its unweighted form; the official
+code's regression loss, the form the paper plots, is ``loss_box`` (specs/training.md §8).
 """
 import argparse
 import json

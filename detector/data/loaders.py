@@ -74,6 +74,15 @@ def check_data(config, *, workers=None, progress=True):
     return problems, summaries
 
 
+def training_min_sizes(data):
+    """The shorter sides a training image is resized to, one drawn uniformly per image:
+    every integer of ``data.min_size_range`` when set, else ``data.min_size``."""
+    if data.min_size_range is not None:
+        low, high = data.min_size_range
+        return tuple(range(low, high + 1))
+    return tuple(data.min_size)
+
+
 def test_transform(config):
     return Compose([Resize(config.data.test_min_size, config.data.max_size), Normalize()])
 
@@ -92,7 +101,8 @@ def build_datasets(config, *, val_images=None, val_annotations=None):
     val = CocoDetection(val_images, val_annotations, transforms=test_transform(config))
     if list(val.category_ids) != list(train.category_ids):
         raise ValueError(f"{val_annotations}: its categories differ from those of {train_annotations}")
-    augmented = AugmentedDataset(train_set, config.data.min_size, config.data.max_size, config.data.flip, config.seed)
+    augmented = AugmentedDataset(train_set, training_min_sizes(config.data), config.data.max_size, config.data.flip,
+                                 config.seed)
     return DataSplits(augmented, val, str(val_annotations), list(train.category_ids), len(train.category_ids))
 
 

@@ -31,13 +31,55 @@ def test_paper_recipes():
             s, d = config.solver, config.data
             assert (s.batch_size, s.lr, s.momentum, s.weight_decay, s.warmup_iters) == (16, 0.01, 0.9, 1e-4, 500), name
             assert (s.epochs, s.steps) == (12, (8, 11)), name
-            assert (d.min_size, d.max_size, config.backbone.name) == ((800,), 1333, "resnet50"), name
+            assert (d.max_size, config.backbone.name) == (1333, "resnet50"), name
             assert config.fpn.levels == (3, 4, 5, 6, 7) and config.fpn.out_channels == 256
             assert (config.head.width, config.head.depth, config.head.gn_groups) == (256, 4, 32)
-            assert config.inference.score_threshold == 0.05 and config.inference.nms_threshold == 0.6
+            assert config.inference.score_threshold == 0.05
             assert config.inference.pre_nms_top_k == 1000 and config.inference.max_detections == 100
         if name.endswith("_2x"):
             assert (config.solver.epochs, config.solver.steps, config.backbone.name) == (24, (16, 22), "resnet101")
+
+
+def _coco_configs():
+    return {name: c for name, c in CONFIGS.items() if c.data.dataset == "coco"}
+
+
+def test_every_coco_row_uses_the_official_optimiser_settings():
+    """ATSS, Dynamic ATSS and Pseudo-IoU official code: constant warmup at 1/3 for 500
+    iterations (1500 for Pseudo-IoU Table 4, from the paper's text), bias lr x2, no bias
+    decay; images without annotations left out of training."""
+    for name, config in _coco_configs().items():
+        s = config.solver
+        assert (s.warmup, s.warmup_ratio, s.bias_lr_factor, s.bias_weight_decay) == ("constant", 1 / 3, 2.0, 0.0), name
+        assert s.warmup_iters == (1500 if name == "piou_giou_ctr_r101_2x" else 500), name
+        assert config.data.drop_empty_train, name
+
+
+def test_no_variant_loses_a_field_of_its_family_recipe():
+    """Every anchor-free (Pseudo-IoU family) COCO row keeps gradient clipping at 35 and NMS
+    0.5; every anchor-based row has no clipping and NMS 0.6 (ATSS, Dynamic ATSS)."""
+    for name, config in _coco_configs().items():
+        if config.head.family == "anchor_free":
+            assert config.solver.grad_clip_norm == 35.0, name
+            assert config.inference.nms_threshold == 0.5, name
+        else:
+            assert config.solver.grad_clip_norm is None, name
+            assert config.inference.nms_threshold == 0.6, name
+
+
+def test_multi_scale_sources():
+    from detector.data.loaders import training_min_sizes
+
+    official_r50 = CONFIGS["piou_giou_ctr_r50_1x"].data
+    assert (training_min_sizes(official_r50), official_r50.flip) == ((640, 800), 0.5)  # official R-50 config
+    paper_r50 = CONFIGS["piou_giou_ctr_r50_1x_paper"].data
+    assert (training_min_sizes(paper_r50), paper_r50.flip) == ((800,), 0.5)  # the paper's Table 3 text
+    for name in ("dyn_atss_qfl_iou_r101_2x", "atss_r101_2x"):  # MIN_SIZE_RANGE_TRAIN (640, 800)
+        assert training_min_sizes(CONFIGS[name].data) == tuple(range(640, 801)) and CONFIGS[name].data.flip == 0.5
+    table4 = CONFIGS["piou_giou_ctr_r101_2x"].data
+    assert training_min_sizes(table4) == tuple(range(640, 801)) and table4.flip == 0.0  # "without image flipping"
+    with pytest.raises(ValueError, match="data.min_size_range"):
+        get_config("demo", ["data.min_size_range=800,640"])
 
 
 def test_ablation_rows():
@@ -78,15 +120,17 @@ def test_lr_schedule():
     pytest.importorskip("torch")
     from detector.engine import lr_factor
 
-    config = CONFIGS["atss_r50_1x"]  # linear warmup from 0.001 over 500 its, x0.1 at epochs 8 and 11
+    config = apply_overrides(CONFIGS["atss_r50_1x"], ["solver.warmup=linear", "solver.warmup_ratio=0.001"])
+    # linear warmup from 0.001 over 500 its (mmdet), x0.1 at epochs 8 and 11
     assert lr_factor(config, 0, 100) == pytest.approx(0.001)
     assert lr_factor(config, 250, 100) == pytest.approx(0.001 + 0.999 * 0.5)
     assert lr_factor(config, 500, 100) == 1.0
     assert lr_factor(config, 799, 100) == 1.0
     assert lr_factor(config, 800, 100) == pytest.approx(0.1)
     assert lr_factor(config, 1100, 100) == pytest.approx(0.01)
-    constant = apply_overrides(config, ["solver.warmup=constant", "solver.warmup_ratio=0.3333"])
-    assert lr_factor(constant, 499, 100) == pytest.approx(0.3333)
+    official = CONFIGS["atss_r50_1x"]  # constant warmup at 1/3 (the official codes)
+    assert lr_factor(official, 0, 100) == lr_factor(official, 499, 100) == pytest.approx(1 / 3)
+    assert lr_factor(official, 500, 100) == 1.0
 
 
 def test_overrides_are_parsed_by_type():
