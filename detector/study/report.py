@@ -59,7 +59,47 @@ def aggregate(study, results_dir):
         arms.append(entry)
     return {"study": study.name, "description": study.description, "claim": study.claim, "baseline": study.baseline,
             "seeds": list(study.seeds), "data_seeds": list(study.data_seeds), "metrics": list(study.metrics),
-            "swept": study.swept, "arms": arms, "complete": all(a["runs"] == expected for a in arms)}
+            "swept": study.swept, "arms": arms, "complete": all(a["runs"] == expected for a in arms),
+            "curves": _curve_ends(study, found)}
+
+
+#: The end of a training curve: the mean of its last this-fraction of window means.
+CURVE_END_FRACTION = 0.1
+
+
+def curve_end(curve):
+    """Mean of the last ``CURVE_END_FRACTION`` of a run's curve (its window means), or None."""
+    values = [v for v in curve if v is not None]
+    if not values:
+        return None
+    count = max(1, round(len(values) * CURVE_END_FRACTION))
+    return sum(values[-count:]) / count
+
+
+def _curve_ends(study, found):
+    """Per curve key and arm: the summary of the runs' curve ends, and the paired difference
+    to the baseline (the same statistics as the metrics)."""
+    out = {}
+    baseline = found[study.baseline]
+    for key in study.curves:
+        entry = {}
+        for arm in study.arms:
+            ends = {k: curve_end(r["curves"][key]) for k, r in found[arm.name].items() if key in r.get("curves", {})}
+            ends = {k: v for k, v in ends.items() if v is not None}
+            if not ends:
+                continue
+            row = {"summary": stats.summarize(list(ends.values())).as_dict()}
+            if arm.name != study.baseline:
+                base = {k: curve_end(r["curves"][key]) for k, r in baseline.items() if key in r.get("curves", {})}
+                common = sorted(k for k in ends if base.get(k) is not None)
+                if common:
+                    difference = stats.paired_difference([ends[k] for k in common], [base[k] for k in common])
+                    row["difference"] = difference.as_dict()
+                    row["verdict"] = stats.verdict(difference).replace("better", "higher").replace("worse", "lower")
+            entry[arm.name] = row
+        if entry:
+            out[key] = entry
+    return out
 
 
 def write_report(study, results_dir, out_dir=None):
@@ -104,7 +144,37 @@ def markdown(summary):
             cells += [_difference(difference), arm["verdict"][first]]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    if summary.get("curves"):
+        lines += [f"Training curves at the end of training (mean of the last {round(100 * CURVE_END_FRACTION)} % of "
+                  "each run's curve; mean ± 95 % half-width over seeds; paired difference to the baseline):", "",
+                  "| curve | " + " | ".join(f"`{a['name']}`" for a in summary["arms"]) + " |",
+                  "|---|" + "---|" * len(summary["arms"])]
+        for key, rows in summary["curves"].items():
+            cells = []
+            for arm in summary["arms"]:
+                row = rows.get(arm["name"])
+                if row is None:
+                    cells.append("n/a")
+                    continue
+                text = _plain_pm(row["summary"])
+                if "difference" in row:
+                    text += f"; Δ {_plain_difference(row['difference'])} ({row['verdict'].split(' (')[0]})"
+                cells.append(text)
+            lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
+
+
+def _plain_pm(summary):
+    if not math.isfinite(summary["ci_high"]):
+        return f"{summary['mean']:.4g}"
+    return f"{summary['mean']:.4g} ± {summary['ci_high'] - summary['mean']:.2g}"
+
+
+def _plain_difference(difference):
+    if not math.isfinite(difference["ci_low"]):
+        return f"{difference['mean']:+.3g}"
+    return f"{difference['mean']:+.3g} [{difference['ci_low']:+.3g}, {difference['ci_high']:+.3g}]"
 
 
 def _mean_pm(summary):

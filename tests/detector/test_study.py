@@ -275,8 +275,10 @@ def test_micro_study_runs_resumes_and_reports(micro, monkeypatch):
     assert summary["complete"] and [a["runs"] for a in summary["arms"]] == [2, 2]
     other = summary["arms"][1]
     assert other["difference"]["AP"]["n"] == 2 and other["verdict"]["AP"]
+    assert summary["curves"]["box_loss_pos"]["ATSS+CIoUs"]["difference"]["n"] == 2
     table = markdown(summary)
     assert "| `ATSS` | 2/2 |" in table and "(baseline)" in table and "ΔAP vs baseline" in table
+    assert "| `box_loss_pos` |" in table
 
 
 def test_study_command_aggregates_and_writes_every_report_file(micro, tmp_path):
@@ -322,6 +324,13 @@ def test_submitit_executors_run_the_same_jobs(micro, tmp_path, executor):
                                progress=False, slurm={"time": 10})
     assert failed == [] and len(done) == 1
     assert result_path(tmp_path / "results", run_key(specs[0].config())).is_file()
+
+
+def test_curve_end_is_the_mean_of_the_last_tenth():
+    from detector.study.report import curve_end
+
+    assert curve_end([float(v) for v in range(1, 21)]) == 19.5  # the last 2 of 20
+    assert curve_end([1.0, None, 3.0]) == 3.0 and curve_end([None]) is None
 
 
 def test_curves_are_window_means(tmp_path):
