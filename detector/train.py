@@ -220,6 +220,7 @@ def _train_epochs(run, position, *, progress, stop_after):
             else:  # the epoch is complete
                 position.epoch, position.batch = position.epoch + 1, 0
                 _save(run, position, per_epoch=True)
+                completed = Position(position.epoch, position.batch, position.iteration, position.bad_total)
                 if not stop or position.epoch >= config.solver.epochs:
                     continue
             if position.batch < run.iters_per_epoch:  # stopped mid-epoch: checkpoint the position in the epoch

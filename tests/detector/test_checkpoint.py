@@ -108,9 +108,14 @@ def test_resume_refuses_a_different_config(tmp_path):
 # losing nothing (specs/training.md §5)
 
 
-def test_an_exception_in_the_loop_checkpoints_the_last_completed_step(tmp_path, straight_run, monkeypatch):
-    """A data error at iteration 7 (mid-epoch 2): last.pth holds iteration 6, and resuming
-    from it gives the weights and log of the uninterrupted run."""
+@pytest.mark.parametrize("failing_call, saved_position", [
+    (4 * 6 + 1, (6, 1, 2)),  # the first image of iteration 7, in the middle of epoch 2
+    (16 + 1, (4, 1, 0)),  # the first image of epoch 2: the epoch-end checkpoint is that position
+])
+def test_an_exception_in_the_loop_checkpoints_the_last_completed_step(tmp_path, straight_run, monkeypatch, failing_call,
+                                                                    saved_position):
+    """A data error: last.pth holds the last completed step, and resuming from it gives the
+    weights and log of the uninterrupted run."""
     from detector.data.loaders import AugmentedDataset
 
     config, straight = straight_run
@@ -120,7 +125,7 @@ def test_an_exception_in_the_loop_checkpoints_the_last_completed_step(tmp_path, 
 
     def flaky(self, index):
         calls.append(index)
-        if self.epoch == 1 and len(calls) > 4 * 6:  # the first item of the 7th batch (batch size 4)
+        if self.epoch == 1 and len(calls) >= failing_call:
             raise OSError(f"image {index}: cannot read (a simulated bad disk)")
         return real(self, index)
 
@@ -129,14 +134,14 @@ def test_an_exception_in_the_loop_checkpoints_the_last_completed_step(tmp_path, 
         train(config, failed, progress=False, evaluate_at_end=False)
     monkeypatch.undo()
     saved = load_checkpoint(failed / "last.pth")
-    assert (saved["iteration"], saved["epoch"], saved["batch_in_epoch"]) == (6, 1, 2)
+    assert (saved["iteration"], saved["epoch"], saved["batch_in_epoch"]) == saved_position
     train(config, failed, resume=True, progress=False, evaluate_at_end=False)
     a, b = load_checkpoint(straight / "last.pth"), load_checkpoint(failed / "last.pth")
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
     assert [r["loss"] for r in _records(straight)] == [r["loss"] for r in _records(failed)]
     starts = json.loads((failed / "run.json").read_text())
-    assert [r["event"] for r in starts] == ["start", "resume"] and starts[1]["iteration"] == 6
+    assert [r["event"] for r in starts] == ["start", "resume"] and starts[1]["iteration"] == saved_position[0]
     assert "version" in starts[0] and "git_commit" in starts[0] and starts[0]["command"]
 
 
