@@ -60,7 +60,33 @@ def aggregate(study, results_dir):
     return {"study": study.name, "description": study.description, "claim": study.claim, "baseline": study.baseline,
             "seeds": list(study.seeds), "data_seeds": list(study.data_seeds), "metrics": list(study.metrics),
             "swept": study.swept, "arms": arms, "complete": all(a["runs"] == expected for a in arms),
-            "curves": _curve_ends(study, found)}
+            "curves": _curve_ends(study, found), "pairs": _pairs(study, found)}
+
+
+#: Studies with at most this many arms also report every pair of arms (first metric).
+MAX_ARMS_FOR_PAIRS = 6
+
+
+def _pairs(study, found):
+    """Paired differences of the first metric between every two non-baseline arms (the
+    baseline comparisons are in the arms' rows), for studies of at most
+    ``MAX_ARMS_FOR_PAIRS`` arms."""
+    if len(study.arms) > MAX_ARMS_FOR_PAIRS:
+        return []
+    metric = study.metrics[0]
+    others = [a.name for a in study.arms if a.name != study.baseline]
+    pairs = []
+    for i, first in enumerate(others):
+        for second in others[i + 1:]:
+            common = sorted(k for k in found[first] if k in found[second] and _metric(found[first][k], metric) is not None
+                            and _metric(found[second][k], metric) is not None)
+            if len(common) < 2:
+                continue
+            difference = stats.paired_difference([_metric(found[first][k], metric) for k in common],
+                                                 [_metric(found[second][k], metric) for k in common])
+            pairs.append({"first": first, "second": second, "metric": metric, "difference": difference.as_dict(),
+                          "verdict": stats.verdict(difference, SCALE, " AP")})
+    return pairs
 
 
 #: The end of a training curve: the mean of its last this-fraction of window means.
@@ -144,6 +170,11 @@ def markdown(summary):
             cells += [_difference(difference), arm["verdict"][first]]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    if summary.get("pairs"):
+        lines += [f"Between the other arms ({summary['metrics'][0]}, first minus second, paired):", ""]
+        for pair in summary["pairs"]:
+            lines.append(f"- `{pair['first']}` - `{pair['second']}`: {_difference(pair['difference'])}: {pair['verdict']}")
+        lines.append("")
     if summary.get("curves"):
         lines += [f"Training curves at the end of training (mean of the last {round(100 * CURVE_END_FRACTION)} % of "
                   "each run's curve; mean ± 95 % half-width over seeds; paired difference to the baseline):", "",

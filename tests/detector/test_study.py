@@ -276,6 +276,7 @@ def test_micro_study_runs_resumes_and_reports(micro, monkeypatch):
     other = summary["arms"][1]
     assert other["difference"]["AP"]["n"] == 2 and other["verdict"]["AP"]
     assert summary["curves"]["box_loss_pos"]["ATSS+CIoUs"]["difference"]["n"] == 2
+    assert summary["pairs"] == []  # one arm besides the baseline: no pair
     table = markdown(summary)
     assert "| `ATSS` | 2/2 |" in table and "(baseline)" in table and "ΔAP vs baseline" in table
     assert "| `box_loss_pos` |" in table
@@ -375,3 +376,24 @@ def test_terminating_a_study_stops_its_workers_and_keeps_their_checkpoints(micro
     time.sleep(3)
     assert {log: log.stat().st_size for log in runs.glob("*/log.jsonl")} == sizes  # nobody trains any more
     assert len(list(runs.glob("*/last.pth"))) == 2  # each interrupted run checkpointed its position
+
+
+def test_pairs_between_the_other_arms(tmp_path):
+    """Every pair of non-baseline arms gets a paired difference, computed from stored results."""
+    from detector.study.report import aggregate
+    from detector.study.runner import RunSpec, result_path
+
+    study = Study("pairs", "pairs", arms=(Arm("base", "study_atss"), Arm("a", "study_atss", ("assign.topk=5",)),
+                                          Arm("b", "study_atss", ("assign.topk=7",))), baseline="base", seeds=(0, 1, 2))
+    values = {"base": [0.30, 0.31, 0.32], "a": [0.33, 0.341, 0.349], "b": [0.31, 0.32, 0.33]}
+    for spec in run_specs(study):
+        path = result_path(tmp_path, run_key(spec.config()))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": run_key(spec.config()), "metrics": {"AP": values[spec.arm][spec.seed]},
+                                    "curves": {}}))
+    summary = aggregate(study, tmp_path)
+    (pair,) = summary["pairs"]
+    assert (pair["first"], pair["second"]) == ("a", "b")
+    expected = stats.paired_difference(values["a"], values["b"])
+    assert pair["difference"]["mean"] == pytest.approx(expected.mean) and pair["verdict"].startswith("better")
+    assert "- `a` - `b`: +2.00" in markdown(summary)
