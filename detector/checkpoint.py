@@ -5,40 +5,28 @@ A checkpoint is a plain dict saved with ``torch.save`` and read back with
 config is stored as ``configs.to_dict``; NumPy's RNG state as lists).
 """
 import contextlib
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from detector.files import TEMPORARY_SUFFIX, atomic_write
+
 #: Checkpoint format version, stored in every file.
 FORMAT_VERSION = 1
 #: File name of the most recent checkpoint in a run directory.
 LAST = "last.pth"
-#: Suffix of the temporary file ``save_checkpoint`` writes before renaming it.
-TEMPORARY_SUFFIX = ".tmp"
 
 
 def save_checkpoint(state, path):
-    """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, then
-    ``os.replace``. A reader (or a crash) sees the old file or the new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _default_file_mode())  # as any other file of the run (mkstemp makes it 0600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``state`` to ``path`` atomically (``files.atomic_write``: a temp file in the same
+    folder, fsync, then ``os.replace``). A reader (or a crash) sees the old file or the new
+    one, never a part; the file gets the mode of any new file of the run (0644 under umask
+    022), not 0600."""
+    with atomic_write(path, "wb", fsync=True) as f:
+        torch.save({"format_version": FORMAT_VERSION, **state}, f)
+    return Path(path)
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -82,13 +70,6 @@ def _alternative(path):
         return ""
     return (f"; the newest other checkpoint of this run is {earlier[-1]}: to resume from it, copy it to "
             f"{path.parent / LAST}")
-
-
-def _default_file_mode():
-    """The mode a new file gets from ``open`` under the process's umask (0644 under 022)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def rng_states():

@@ -1,13 +1,11 @@
 """COCO box metrics with pycocotools (specs/data.md §5)."""
 import contextlib
 import io
-import json
 import math
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
+
+from detector.files import write_json_atomically
 
 #: Returned metric names, in the order of ``COCOeval.stats[:6]``.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -64,23 +62,10 @@ def detections_to_coco_results(detections, category_ids, image_ids=None):
 
 
 def write_metrics_json(metrics, path):
-    """Write ``metrics`` as JSON atomically (temp file in the same folder, then os.replace).
-
-    NaN values are written as ``null``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``metrics`` as JSON atomically (``files.write_json_atomically``); NaN values are
+    written as ``null``."""
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(clean, f, indent=2, sort_keys=True, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    return write_json_atomically(clean, path, indent=2, sort_keys=True)
 
 
 def _check_detection(det, where, num_classes):

@@ -43,16 +43,20 @@ class CocoDetection(torch.utils.data.Dataset):
         dropped_degenerate_ids: ids of the annotations dropped as degenerate, in file order.
         num_dropped_degenerate: number of annotations dropped as degenerate (non-finite, or
             w <= 0 or h <= 0 after clipping to the image), crowd ones included.
+
+    ``annotations_required=False`` also reads an image-info file without an
+    ``"annotations"`` list (COCO test-dev's ``image_info_test-dev2017.json``): every image
+    then has no GT, for inference only.
     """
 
-    def __init__(self, image_dir, ann_file, *, transforms=None, crowd="drop"):
+    def __init__(self, image_dir, ann_file, *, transforms=None, crowd="drop", annotations_required=True):
         if crowd not in CROWD_MODES:
             raise ValueError(f"crowd: expected one of {CROWD_MODES}, got {crowd!r}")
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
         self.transforms = transforms
         self.crowd = crowd
-        data = _read_json(self.ann_file)
+        data = _read_json(self.ann_file, annotations_required)
         images = _parse_images(data, self.ann_file)
         categories = _parse_categories(data, self.ann_file)
         self.category_ids = sorted(categories)
@@ -150,7 +154,7 @@ def decode_image(path, image_id=None):
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def _read_json(path):
+def _read_json(path, annotations_required=True):
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -160,6 +164,8 @@ def _read_json(path):
         raise ValueError(f"{path}: not a readable JSON file: {error}") from error
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
+    if not annotations_required and "annotations" not in data:
+        data["annotations"] = []  # an image-info file (COCO test-dev): images and categories only
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{path}: missing key {key!r} (a list) at the top level")

@@ -24,10 +24,11 @@ import math
 import os
 import platform
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from detector.files import write_json_atomically
 
 EXECUTORS = ("local", "slurm", "submitit-local", "submitit-debug")
 #: Fields of a config that do not change its result (left out of the run key).
@@ -152,7 +153,7 @@ def execute_run(spec, runs_dir, results_dir, threads=1):
         "config": configs.to_dict(config), "wall_seconds": round(time.time() - started, 1),
         "machine": machine_description(threads), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    _write_json_atomically(out, result)
+    write_json_atomically(result, out, indent=1, sort_keys=True)
     return out
 
 
@@ -328,17 +329,3 @@ def _tick(bar, finished):
         bar.set_postfix_str(f"last: {spec.arm} seed {spec.seed}{'' if ok else ' FAILED'}", refresh=True)
 
 
-def _write_json_atomically(path, data):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-        os.chmod(path, 0o644)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -228,8 +228,8 @@ def test_a_save_killed_half_way_leaves_an_orphan_that_the_next_start_removes(tmp
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     code = ("import os, signal\n"
-            "import detector.checkpoint as c\n"
-            "c.os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "import detector.checkpoint as c, detector.files as f\n"
+            "f.os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)\n"
             f"c.save_checkpoint({{'epoch': 1}}, {str(run_dir / 'last.pth')!r})\n")
     killed = subprocess.run([sys.executable, "-c", code], capture_output=True)
     assert killed.returncode == -9

@@ -381,7 +381,7 @@ def test_terminating_a_study_stops_its_workers_and_keeps_their_checkpoints(micro
 def test_pairs_between_the_other_arms(tmp_path):
     """Every pair of non-baseline arms gets a paired difference, computed from stored results."""
     from detector.study.report import aggregate
-    from detector.study.runner import RunSpec, result_path
+    from detector.study.runner import result_path
 
     study = Study("pairs", "pairs", arms=(Arm("base", "study_atss"), Arm("a", "study_atss", ("assign.topk=5",)),
                                           Arm("b", "study_atss", ("assign.topk=7",))), baseline="base", seeds=(0, 1, 2))

@@ -186,6 +186,42 @@ def test_evaluate_cli_on_a_tiny_checkpoint(finished_run, tmp_path, capsys):
         main([str(run_dir / "last.pth"), "solver.lr=1", "--no-progress"])  # only data.* / inference.*
 
 
+def test_evaluate_writes_coco_results_for_an_unannotated_split(finished_run, tmp_path, capsys):
+    """Test-dev style: an image-info file (images and categories, no annotations) -> the
+    COCO results JSON of the evaluation server, the same detections as the evaluation."""
+    from detector.data.loaders import dataset_paths
+    from detector.evaluate import main
+
+    config, run_dir, _ = finished_run
+    _, _, val_images, val_annotations = dataset_paths(config)
+    full = json.loads(val_annotations.read_text())
+    info = tmp_path / "image_info.json"
+    info.write_text(json.dumps({"images": full["images"], "categories": full["categories"]}))
+    out = tmp_path / "results.json"
+    low = "inference.score_threshold=0.001"  # the 2-epoch model is not confident
+    main([str(run_dir / "last.pth"), low, "--images", str(val_images), "--annotations", str(info), "--format",
+          "coco-results", "--out", str(out), "--no-progress"])
+    results = json.loads(out.read_text())
+    assert results and {"image_id", "category_id", "bbox", "score"} == set(results[0])
+    assert {r["image_id"] for r in results} <= {i["id"] for i in full["images"]}
+    assert {r["category_id"] for r in results} <= {c["id"] for c in full["categories"]}
+    assert all(len(r["bbox"]) == 4 and r["bbox"][2] >= 0 and r["bbox"][3] >= 0 for r in results)
+    # scored by pycocotools against the real annotations, the file gives the evaluation's AP
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    metrics = main([str(run_dir / "last.pth"), low, "--out", str(tmp_path / "m.json"), "--no-progress"])
+    capsys.readouterr()
+    gt = COCO(str(val_annotations))
+    scoring = COCOeval(gt, gt.loadRes(str(out)), "bbox")
+    scoring.evaluate()
+    scoring.accumulate()
+    scoring.summarize()
+    assert scoring.stats[0] == pytest.approx(metrics["AP"])
+    with pytest.raises(SystemExit):  # an image-info file cannot be scored
+        main([str(run_dir / "last.pth"), "--images", str(val_images), "--annotations", str(info), "--no-progress"])
+
+
 def test_plot_writes_a_png(finished_run, tmp_path):
     from detector.plot import main, smooth
 
