@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,11 @@ def load_result(results_dir, key):
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A run's training was interrupted (it wrote its checkpoint): the study stops too,
+    instead of counting the run as failed and starting the next one."""
+
+
 def execute_run(spec, runs_dir, results_dir, threads=1):
     """Train one run (continuing from its checkpoint if it has one) and store its result.
 
@@ -144,7 +150,9 @@ def execute_run(spec, runs_dir, results_dir, threads=1):
     with open(run_dir / "train.log", "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log):
         if not (run_dir / METRICS_FILE).is_file():
-            train(config, run_dir, resume=(run_dir / "last.pth").is_file(), progress=False)
+            metrics = train(config, run_dir, resume=(run_dir / "last.pth").is_file(), progress=False)
+            if metrics is None:  # SIGTERM / Ctrl-C reached the training: it checkpointed and stopped
+                raise RunInterrupted(f"run {key} was interrupted; its checkpoint is {run_dir / 'last.pth'}")
     metrics = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
     result = {
         "key": key, "study": spec.study, "arm": spec.arm, "config_name": spec.config_name,
@@ -229,7 +237,7 @@ def _run_local(pending, runs_dir, results_dir, jobs, threads, bar):
         devices.put(device)
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(devices, threads))
     try:
-        futures = {pool.submit(execute_run, spec, runs_dir, results_dir, threads): spec for spec in pending}
+        futures = {pool.submit(_worker_run, spec, runs_dir, results_dir, threads): spec for spec in pending}
         for future in as_completed(futures):
             spec = futures[future]
             try:
@@ -287,6 +295,18 @@ def _attempt(function, spec, *args):
         return spec, function(spec, *args), True
     except Exception as error:
         return spec, f"{type(error).__name__}: {error}", False
+
+
+def _worker_run(spec, runs_dir, results_dir, threads):
+    """``execute_run`` in a pool worker. An interrupted run ends the worker process: a pool
+    worker would otherwise take the next queued run (the pool hands each worker one run
+    ahead), and the study would go on training after it was told to stop."""
+    try:
+        return execute_run(spec, runs_dir, results_dir, threads)
+    except RunInterrupted:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 def _init_worker(devices, threads):

@@ -354,7 +354,8 @@ def test_terminating_a_study_stops_its_workers_and_keeps_their_checkpoints(micro
     overrides = list(study.overrides) + ["solver.epochs=40", "solver.steps=30"]
     path.write_text(f'name = "long"\nbaseline = "a"\nseeds = [7]\noverrides = {json.dumps(overrides)}\n'
                     '[[arms]]\nname = "a"\nconfig = "study_atss"\n'
-                    '[[arms]]\nname = "b"\nconfig = "study_atss"\noverrides = ["assign.topk=5"]\n')
+                    '[[arms]]\nname = "b"\nconfig = "study_atss"\noverrides = ["assign.topk=5"]\n'
+                    '[[arms]]\nname = "c"\nconfig = "study_atss"\noverrides = ["assign.topk=7"]\n')  # queued behind a, b
     runs = tmp_path / "runs"
     process = subprocess.Popen([sys.executable, "-m", "detector.study", str(path), "--jobs", "2", "--runs", str(runs),
                                 "--results", str(tmp_path / "results"), "--no-progress"],
@@ -376,6 +377,27 @@ def test_terminating_a_study_stops_its_workers_and_keeps_their_checkpoints(micro
     time.sleep(3)
     assert {log: log.stat().st_size for log in runs.glob("*/log.jsonl")} == sizes  # nobody trains any more
     assert len(list(runs.glob("*/last.pth"))) == 2  # each interrupted run checkpointed its position
+    assert len(sizes) == 2  # the queued run never started
+
+
+def test_an_interrupted_run_stops_an_in_process_study(micro, tmp_path, monkeypatch):
+    """--jobs 1 trains in the study's own process, where the training's interrupt handler
+    takes the signal: the study must stop there, not count the run as failed and go on."""
+    import detector.train
+    from detector.study.runner import RunInterrupted
+
+    study, _ = micro
+    calls = []
+
+    def interrupted_train(config, run_dir, **kwargs):  # what train returns after SIGTERM / Ctrl-C
+        calls.append(run_dir)
+        return None
+
+    monkeypatch.setattr(detector.train, "train", interrupted_train)
+    with pytest.raises(RunInterrupted, match="was interrupted"):
+        run_pending(run_specs(study), runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", jobs=1,
+                    progress=False)
+    assert len(calls) == 1
 
 
 def test_pairs_between_the_other_arms(tmp_path):
