@@ -1,17 +1,18 @@
 """Named training configurations (specs/training.md §1).
 
 A configuration is a tree of frozen dataclasses holding plain data: no registry, no
-indirection. ``CONFIGS`` maps each name to a ``Config``; docs/configs.md maps names to the
-rows of the papers' tables. ``Config.assign`` holds the options dataclass of one assigner
-of the table in ``detector/modeling/assigners.py`` (``AtssOptions``, ``PseudoIouOptions``,
-...). ``apply_overrides`` changes fields from the command line with ``key.sub=value``
+indirection. ``CONFIGS`` maps each name to a ``Config``; ``detector/paper_rows.py`` maps
+every row of the papers' tables to the configs that reproduce it (docs/configs.md prints
+both). ``Config.assign`` holds the options dataclass of one assigner of the table in
+``detector/modeling/assigners.py`` (``AtssOptions``, ``PseudoIouOptions``, ...). ``apply_overrides`` changes fields from the command line with ``key.sub=value``
 strings, type-checked against the dataclass; ``assign.name=X`` switches to the defaults of
 assigner X, whose own keys can then be set (``assign.name=pseudo_iou assign.threshold=0.5``).
 
 Every choice list checked here is defined once, next to the code that implements the
 choices (losses, post-processing, backbones, the assigner table, the data loaders).
 
-Sizes are in pixels of the resized image, learning-rate steps in epochs.
+Sizes are in pixels of the resized image; learning-rate steps are in epochs, or in iterations
+when ``solver.max_iters`` is set (the COCO paper configs, as their official codes).
 """
 import dataclasses
 import math
@@ -20,6 +21,8 @@ import typing
 from dataclasses import dataclass, field, replace
 
 from detector.data.loaders import DATASETS
+from detector.data.voc import parse_voc_set
+from detector.evaluation import METRICS
 from detector.losses import BOX_LOSSES, CLS_LOSSES, QUALITY_BRANCHES
 from detector.modeling.assigners import (
     ASSIGNERS,
@@ -36,8 +39,9 @@ from detector.modeling.assigners import (
     assigner_names,
     check_options,
 )
-from detector.modeling.backbone import BACKBONES, NORMS
+from detector.modeling.backbone import BACKBONE_STYLES, BACKBONES, NORMS
 from detector.postprocess import SCORE_MODES
+from detector.runtime import AMP_MODES
 
 #: ``assign.name`` choices per ``head.family``, from the assigner table.
 ANCHOR_BASED_ASSIGNERS = assigner_names("anchor_based")
@@ -51,11 +55,13 @@ P6P7_INPUTS = ("p5", "c5")
 class BackboneConfig:
     """torchvision ResNet/ResNeXt (or the small ``tiny`` ResNet for CPU demos).
 
-    ``weights``: path of a local state-dict file (torchvision layout) or None for random
-    initialisation; nothing is ever downloaded. ``frozen_stages``: -1 trains everything,
+    ``weights``: path of a local weights file (a torchvision-layout state dict, or a
+    detectron / Caffe2 ``.pkl``; specs/model.md §1.1) or None for random initialisation;
+    nothing is ever downloaded. ``frozen_stages``: -1 trains everything,
     0 freezes the stem, k >= 1 the stem and stages 1..k (mmdet's convention; ATSS and
     Pseudo-IoU freeze the stem and stage 1). ``tiny_widths``/``tiny_blocks``: channels and
-    BasicBlocks per stage of the ``tiny`` backbone.
+    BasicBlocks per stage of the ``tiny`` backbone. ``style``: "pytorch" (torchvision) or
+    "caffe" (MSRA/detectron ResNet: stride in the 1x1 conv, BGR 0-255 input; specs/model.md §1.1).
     """
 
     name: str = "resnet50"
@@ -65,6 +71,7 @@ class BackboneConfig:
     gn_groups: int = 32
     tiny_widths: tuple = (16, 32, 64, 128)
     tiny_blocks: tuple = (1, 1, 1, 1)
+    style: str = "pytorch"
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,15 @@ class DataConfig:
     ``seed``: the seed the built-in dataset is generated from; None (the default) uses the
     run's ``seed``, so that a config names one dataset. A study that varies the training
     seed on fixed data sets it (specs/training.md §1).
+
+    ``dataset="voc"`` reads Pascal VOC from ``root`` = the VOCdevkit folder: training on the
+    concatenation of ``voc_train_sets``, evaluation on ``voc_test_sets``, each set
+    ``"YEAR/SPLIT"`` (``ImageSets/Main/SPLIT.txt`` of ``VOCYEAR``), converted once to COCO
+    files in the cache (specs/data.md §6); difficult objects are crowd annotations there, so
+    ``crowd`` decides whether training drops them or makes them ignore regions.
+    ``metric``: what the evaluation reports, one of ``evaluation.METRICS``: ``"coco"`` (COCO
+    AP), ``"voc07"`` (VOC mAP at IoU 0.5, 11-point) or ``"voc_area"`` (VOC mAP, area under
+    the curve); the VOC ones add ``mAP`` and the per-class APs to the COCO metrics.
     """
 
     dataset: str = "digits"
@@ -139,6 +155,9 @@ class DataConfig:
     drop_empty_train: bool = False
     crowd: str = "drop"
     seed: typing.Optional[int] = None
+    metric: str = "coco"
+    voc_train_sets: tuple = ("2007/trainval", "2012/trainval")
+    voc_test_sets: tuple = ("2007/test",)
     digits_num_train: int = 1000
     digits_num_val: int = 200
     digits_image_size: int = 256
@@ -153,8 +172,22 @@ class DataConfig:
 @dataclass(frozen=True)
 class SolverConfig:
     """SGD, warmup and a multi-step schedule. ``batch_size`` is the total over processes;
-    ``steps`` are epochs after which the lr is multiplied by ``gamma``; ``max_bad_steps``
-    consecutive non-finite losses abort the run."""
+    ``max_bad_steps`` consecutive non-finite losses abort the run.
+
+    Two schedule units (specs/training.md §3): with ``max_iters`` None (the default) a run
+    lasts ``epochs`` epochs and ``steps`` are epochs after which the lr is multiplied by
+    ``gamma``; with ``max_iters`` set it lasts exactly that many iterations (its last epoch
+    may be partial), ``steps`` are iterations and ``epochs`` is not used (the official ATSS /
+    Dynamic ATSS ``SOLVER.MAX_ITER`` and ``SOLVER.STEPS``: 90k with 60k/80k for 1x).
+    Iterations count batches of ``batch_size``: a run at another batch size changes what an
+    iteration is (scale ``lr``, ``max_iters`` and ``steps`` yourself, e.g. the linear rule).
+
+    Speed options (specs/training.md §3b), none of which changes what is computed in
+    float32: ``amp`` one of ``runtime.AMP_MODES`` ("off"; "bf16" on CPU or CUDA; "fp16" with
+    a gradient scaler on CUDA) for the forward pass, while decoding, assignment, targets and
+    losses stay float32; ``channels_last`` (NHWC memory format); ``compile``
+    (``torch.compile`` of the model).
+    """
 
     batch_size: int = 16
     lr: float = 0.01
@@ -163,6 +196,7 @@ class SolverConfig:
     bias_lr_factor: float = 1.0
     bias_weight_decay: typing.Optional[float] = None
     epochs: int = 12
+    max_iters: typing.Optional[int] = None
     steps: tuple = (8, 11)
     gamma: float = 0.1
     warmup: str = "linear"
@@ -170,6 +204,9 @@ class SolverConfig:
     warmup_ratio: float = 0.001
     grad_clip_norm: typing.Optional[float] = None
     max_bad_steps: int = 20
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,12 +255,14 @@ def validate(config):
 
     choice(config.backbone.name, BACKBONES, "backbone.name")
     choice(config.backbone.norm, NORMS, "backbone.norm")
+    choice(config.backbone.style, BACKBONE_STYLES, "backbone.style")
     choice(config.head.family, FAMILIES, "head.family")
     choice(config.loss.cls, CLS_LOSSES, "loss.cls")
     choice(config.loss.box, BOX_LOSSES, "loss.box")
     choice(config.head.quality, QUALITY_BRANCHES, "head.quality")
     choice(config.inference.score_mode, SCORE_MODES, "inference.score_mode")
     choice(config.solver.warmup, WARMUPS, "solver.warmup")
+    choice(config.solver.amp, AMP_MODES, "solver.amp")
     choice(config.data.dataset, DATASETS, "data.dataset")
     choice(config.data.crowd, CROWDS, "data.crowd")
     choice(config.fpn.p6p7_input, P6P7_INPUTS, "fpn.p6p7_input")
@@ -239,8 +278,15 @@ def validate(config):
             raise ValueError(f"{key}: {value} is not divisible by head.gn_groups={config.head.gn_groups}")
     if config.solver.batch_size < 1 or config.solver.epochs < 1:
         raise ValueError("solver.batch_size, solver.epochs: expected positive ints")
+    unit = "epochs" if config.solver.max_iters is None else "iterations"
     if list(config.solver.steps) != sorted(config.solver.steps):
-        raise ValueError(f"solver.steps: expected ascending epochs, got {config.solver.steps}")
+        raise ValueError(f"solver.steps: expected ascending {unit}, got {config.solver.steps}")
+    if config.solver.max_iters is not None:
+        if config.solver.max_iters < 1:
+            raise ValueError(f"solver.max_iters: expected a positive int or none, got {config.solver.max_iters}")
+        if not all(isinstance(step, int) and 0 < step < config.solver.max_iters for step in config.solver.steps):
+            raise ValueError(f"solver.steps: with solver.max_iters={config.solver.max_iters} the steps are iterations; "
+                             f"expected ints in 1..{config.solver.max_iters - 1}, got {config.solver.steps}")
     if config.solver.max_bad_steps < 1:
         raise ValueError("solver.max_bad_steps: expected a positive int")
     check_options(config.assign, config.head.family, levels)
@@ -250,6 +296,16 @@ def validate(config):
         raise ValueError(f"data.min_size_range: expected two ints 0 < lo <= hi, got {size_range}")
     if not 0.0 <= config.data.flip <= 1.0:
         raise ValueError(f"data.flip: expected a probability, got {config.data.flip}")
+    choice(config.data.metric, METRICS, "data.metric")
+    for key in ("voc_train_sets", "voc_test_sets"):
+        sets = getattr(config.data, key)
+        for name in sets:
+            try:
+                parse_voc_set(name)
+            except ValueError as error:
+                raise ValueError(f"data.{key}: {error}") from None
+        if config.data.dataset == "voc" and not sets:
+            raise ValueError(f"data.{key}: data.dataset=voc needs at least one 'YEAR/SPLIT' set, e.g. 2007/test")
     return config
 
 
@@ -440,8 +496,20 @@ def _restore(value):
 OFFICIAL_SOLVER = SolverConfig(batch_size=16, lr=0.01, momentum=0.9, weight_decay=1e-4, bias_lr_factor=2.0,
                                bias_weight_decay=0.0, epochs=12, steps=(8, 11), warmup="constant", warmup_iters=500,
                                warmup_ratio=1 / 3)
+#: The schedules of the official ATSS and Dynamic ATSS code, in iterations (``SOLVER.MAX_ITER``,
+#: ``SOLVER.STEPS`` of ``atss_R_50_FPN_1x.yaml``, ``dynamic_atss_R_50_FPN_1x.yaml`` and their
+#: ``*_2x.yaml``; the Dynamic ATSS paper: "scheduler 1x (90 k iterations) ... at 60 k and 80 k").
+#: The Pseudo-IoU code is mmdetection's epoch runner and keeps ``OFFICIAL_SOLVER``'s epochs.
+ATSS_SOLVER_1X = replace(OFFICIAL_SOLVER, max_iters=90_000, steps=(60_000, 80_000))
+ATSS_SOLVER_2X = replace(OFFICIAL_SOLVER, epochs=24, max_iters=180_000, steps=(120_000, 160_000))
 #: COCO training data of the official codes: 800 / 1333, flip 0.5, images without
 #: annotations left out of training (``remove_images_without_annotations``, ``filter_empty_gt``).
+#: The backbone of the official codes: Caffe-style ResNet (stride in the 1x1 conv, BGR 0-255
+#: input minus the Caffe means) as maskrcnn-benchmark (``STRIDE_IN_1X1``, ``TO_BGR255``) and the
+#: Pseudo-IoU mmdetection configs (``style='caffe'``, ``open-mmlab://detectron/resnet50_caffe``)
+#: use, for the MSRA / detectron ImageNet weights (``backbone.weights`` = a local copy);
+#: ``backbone.style=pytorch`` is the torchvision-weights variant. specs/model.md §1.1.
+OFFICIAL_BACKBONE = BackboneConfig(name="resnet50", style="caffe")
 COCO_DATA = DataConfig(dataset="coco", min_size=(800,), max_size=1333, test_min_size=800, drop_empty_train=True)
 #: Post-processing of the Pseudo-IoU head: the paper's 0.05 / NMS 0.5 (VOC, and "the same
 #: post-processing" on COCO) and the released COCO config's ``nms=dict(iou_threshold=0.5)``.
@@ -449,15 +517,19 @@ PIOU_INFERENCE = InferenceConfig(nms_threshold=0.5)
 
 
 def _coco_1x(name, description, reproduces, **sections):
-    """COCO R-50 1x recipe of the official ATSS / Dynamic ATSS code (``OFFICIAL_SOLVER``,
-    ``COCO_DATA``)."""
-    base = Config(name=name, description=description, reproduces=reproduces, data=COCO_DATA, solver=OFFICIAL_SOLVER)
+    """COCO R-50 1x recipe shared by the official codes (``OFFICIAL_SOLVER``, ``COCO_DATA``);
+    ``sections`` replace whole sections."""
+    base = Config(name=name, description=description, reproduces=reproduces, backbone=OFFICIAL_BACKBONE, data=COCO_DATA,
+                  solver=OFFICIAL_SOLVER)
     return replace(base, **sections)
 
 
 def _atss(name, description, reproduces, *, assign=None, loss=None, quality="centerness", score_mode="sqrt"):
+    """An ATSS-head row as the official ATSS / Dynamic ATSS code trains it: ``_coco_1x`` with
+    the 90k-iteration 1x schedule (``ATSS_SOLVER_1X``)."""
     return _coco_1x(
         name, description, reproduces,
+        solver=ATSS_SOLVER_1X,
         head=HeadConfig(family="anchor_based", quality=quality),
         assign=assign or AtssOptions(),
         loss=loss or LossConfig(cls="focal", box="giou", box_weight=2.0),
@@ -487,12 +559,68 @@ def _af(name, description, reproduces, *, assign, box="iou", quality="none"):
     )
 
 
+#: Pascal VOC as the Pseudo-IoU paper trains its ablations (P:129-133): VOC 2007 + 2012
+#: trainval for training, VOC 2007 test for evaluation, shorter side 600 / longer side at most
+#: 1000, horizontal flip the only augmentation, VOC 2007 11-point mAP at IoU 0.5 (the metric of
+#: mmdetection's VOC 2007 evaluation); difficult objects dropped from training (``crowd``).
+VOC_DATA = DataConfig(dataset="voc", min_size=(600,), max_size=1000, test_min_size=600, flip=0.5, metric="voc07",
+                      drop_empty_train=True, crowd="drop")
+
+
+def _voc(name, description, reproduces, *, assign, epochs=12, batch_size=16):
+    """A Pseudo-IoU paper ablation on VOC (Tables 1-2) in its text's regime (P:133): the
+    anchor-free head of ``_af`` (focal + IoU loss with weight 1, no centerness, score = cls,
+    NMS 0.5, clipping 35 as the official head) on ResNet-101 with ``VOC_DATA``, 12 epochs
+    with steps after 8 and 10 at batch 16, lr 0.01 and 500 warmup iterations. Another
+    ``epochs`` keeps the steps at the same fractions (2/3, 5/6), rounded; another
+    ``batch_size`` scales the lr linearly (lr = 0.01 x batch / 16): the paper gives neither."""
+    solver = replace(OFFICIAL_SOLVER, epochs=epochs, steps=(round(epochs * 2 / 3), round(epochs * 5 / 6)),
+                     grad_clip_norm=35.0, batch_size=batch_size, lr=0.01 * batch_size / 16)
+    return replace(_af(name, description, reproduces, assign=assign), backbone=replace(OFFICIAL_BACKBONE, name="resnet101"),
+                   data=VOC_DATA, solver=solver)
+
+
+def _voc_configs(piou):
+    """Pseudo-IoU Tables 1a-1c and 2 on VOC 2007 test (``_voc``)."""
+    configs = [
+        _voc("voc_af_baseline_r101", "VOC: anchor-free baseline (all points inside), R-101, 12 epochs",
+             f"{piou} Table 1a baseline (T = 0.0); Table 1b (12 epochs); Table 1c (batch 16)", assign=AllInsideOptions()),
+    ]
+    for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+        tables = [f"Table 1a T = {t}"] if t <= 0.7 else []
+        tables += [f"Table 2 'P-IoU' T = {t}"] if t >= 0.3 else []
+        tables += ["Table 1b (12 epochs); Table 1c (batch 16)"] if t == 0.4 else []
+        configs.append(_voc(f"voc_piou_t0{round(t * 10):d}_r101", f"VOC: Pseudo-IoU T = {t}, R-101, 12 epochs",
+                            f"{piou} " + "; ".join(tables), assign=PseudoIouOptions(threshold=t)))
+    for s in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+        configs.append(_voc(f"voc_sbox_s0{round(s * 10):d}_r101", f"VOC: scaled-box assignment, s = {s}, R-101",
+                            f"{piou} Table 2 'S-box' s = {s}", assign=ScaledBoxOptions(scale=s)))
+    for c in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45):
+        configs.append(_voc(f"voc_ctr_c{round(c * 100):03d}_r101", f"VOC: centerness assignment, c = {c}, R-101",
+                            f"{piou} Table 2 'Centerness' c = {c}", assign=CenternessOptions(threshold=c)))
+    for epochs in (8, 16, 24):
+        configs += [
+            _voc(f"voc_af_baseline_r101_e{epochs}", f"VOC: anchor-free baseline, {epochs} epochs",
+                 f"{piou} Table 1b baseline, {epochs} epochs", assign=AllInsideOptions(), epochs=epochs),
+            _voc(f"voc_piou_r101_e{epochs}", f"VOC: Pseudo-IoU T = 0.4, {epochs} epochs",
+                 f"{piou} Table 1b Pseudo-IoU, {epochs} epochs", assign=PseudoIouOptions(threshold=0.4), epochs=epochs),
+        ]
+    for batch in (4, 6, 8):
+        configs += [
+            _voc(f"voc_af_baseline_r101_b{batch}", f"VOC: anchor-free baseline, batch {batch} (lr scaled)",
+                 f"{piou} Table 1c baseline, batch {batch}", assign=AllInsideOptions(), batch_size=batch),
+            _voc(f"voc_piou_r101_b{batch}", f"VOC: Pseudo-IoU T = 0.4, batch {batch} (lr scaled)",
+                 f"{piou} Table 1c Pseudo-IoU, batch {batch}", assign=PseudoIouOptions(threshold=0.4), batch_size=batch),
+        ]
+    return configs
+
+
 def _build_configs():
     dyn = "Dynamic ATSS paper"
     piou = "Pseudo-IoU paper"
     configs = [
         # Dynamic ATSS paper, Tables 1-3 (ATSS R-50 1x).
-        _atss("atss_r50_1x", "ATSS: anchor IoUs, focal, GIoU, centerness", f"{dyn} Table 1 row 'ATSS'; Table 2 row 1 (AIoUs + centerness)"),
+        _atss("atss_r50_1x", "ATSS: anchor IoUs, focal, GIoU, centerness", f"{dyn} Table 1 row 'ATSS'; Table 2 row 1 (AIoUs + centerness); Table 5 'ATSS* R-50 1x' (test-dev)"),
         _atss("atss_ciou_r50_1x", "ATSS + combined IoUs (Dynamic ATSS), hard targets, centerness",
               f"{dyn} Table 1 'ATSS+CIoUs'; Table 2 row 3; Table 3 row 1 (1:1)", assign=_dyn()),
         _atss("atss_qfl_r50_1x", "ATSS with QFL soft targets (IoU of the prediction)", f"{dyn} Table 1 'ATSS+QFL'",
@@ -505,7 +633,7 @@ def _build_configs():
         _atss("dyn_atss_vfl_r50_1x", "combined IoUs + VFL, centerness branch", f"{dyn} Table 2 row 5 (AIoUs+PIoUs+VFL+centerness)",
               assign=_dyn(), loss=LossConfig(cls="vfl")),
         _atss("dyn_atss_qfl_iou_r50_1x", "Dynamic ATSS: combined IoUs + QFL + IoU branch (the paper's final model)",
-              f"{dyn} Table 2 row 6 (AIoUs+PIoUs+QFL+IoU branch)", assign=_dyn(), loss=LossConfig(cls="qfl"), quality="iou"),
+              f"{dyn} Table 2 row 6 (AIoUs+PIoUs+QFL+IoU branch); Table 5 'Dynamic ATSS R-50 1x' (test-dev)", assign=_dyn(), loss=LossConfig(cls="qfl"), quality="iou"),
         _atss("dyn_atss_vfl_iou_r50_1x", "combined IoUs + VFL + IoU branch", f"{dyn} Table 2 row 7 (AIoUs+PIoUs+VFL+IoU branch)",
               assign=_dyn(), loss=LossConfig(cls="vfl"), quality="iou"),
         _atss("atss_iou_branch_r50_1x", "combined IoUs, hard targets, IoU branch instead of centerness",
@@ -557,12 +685,16 @@ def _build_configs():
     # Longer recipes. Dynamic ATSS / ATSS R-101 2x as the official configs
     # (dynamic_atss_R_101_FPN_2x.yaml, atss_R_101_FPN_2x.yaml): 24 epochs, every integer
     # shorter side in [640, 800] (MIN_SIZE_RANGE_TRAIN), flip 0.5.
-    r101_2x = dict(backbone=BackboneConfig(name="resnet101"), solver=replace(OFFICIAL_SOLVER, epochs=24, steps=(16, 22)),
+    r101_2x = dict(backbone=replace(OFFICIAL_BACKBONE, name="resnet101"), solver=ATSS_SOLVER_2X,
                    data=replace(COCO_DATA, min_size_range=(640, 800)))
+    # ResNeXt-101 64x4d 2x as the official atss_X_101_64x4d_FPN_2x.yaml (and the Dynamic ATSS
+    # paper's Table 5 row): the R-101 2x recipe on ResNeXt-101 64x4d; its Caffe style is the
+    # detectron X-101 weights' BGR 0-255 input with the stride on the 3x3 conv (STRIDE_IN_1X1 False).
+    x101_2x = dict(r101_2x, backbone=replace(OFFICIAL_BACKBONE, name="resnext101_64x4d"))
     # Pseudo-IoU Table 4 as the paper's text (P:135, P:229; the official R-101 config has no
     # 2x schedule): 24 epochs, steps after 16 and 22, 1500 warmup iterations, shorter side
     # drawn from 640..800 without flipping; clipping and NMS as the official head.
-    piou_r101_2x = dict(backbone=BackboneConfig(name="resnet101"),
+    piou_r101_2x = dict(backbone=replace(OFFICIAL_BACKBONE, name="resnet101"),
                         solver=replace(OFFICIAL_SOLVER, epochs=24, steps=(16, 22), warmup_iters=1500, grad_clip_norm=35.0),
                         data=replace(COCO_DATA, min_size_range=(640, 800), flip=0.0))
     configs += [
@@ -573,11 +705,22 @@ def _build_configs():
                     quality="centerness"), **piou_r101_2x),
         replace(_atss("atss_r101_2x", "ATSS R-101, 2x, multi-scale 640-800 (official config)",
                       f"{dyn} Table 5 'ATSS R-101 2x'"), **r101_2x),
+        replace(_atss("atss_x101_64x4d_2x", "ATSS ResNeXt-101 64x4d, 2x, multi-scale 640-800 (official config)",
+                      f"{dyn} Table 5 'ATSS X-64x4d-101 2x'"), **x101_2x),
+        replace(_atss("dyn_atss_qfl_iou_x101_64x4d_2x", "Dynamic ATSS final model, ResNeXt-101 64x4d, 2x, multi-scale 640-800",
+                      f"{dyn} Table 5 'Dynamic ATSS X-64x4d-101 2x'", assign=_dyn(), loss=LossConfig(cls="qfl"),
+                      quality="iou"), **x101_2x),
+        # the AF-Baseline of Pseudo-IoU Table 4: the R-101 row's recipe and head with the
+        # all-inside assignment (the paper changes only the assignment between the two rows)
+        replace(_af("af_baseline_r101_2x", "anchor-free baseline (all points inside), GIoU + centerness, R-101, 2x, 640-800 without flip",
+                    f"{piou} Table 4 'AF-Baseline R-101-FPN'", assign=AllInsideOptions(), box="giou",
+                    quality="centerness"), **piou_r101_2x),
         # the paper's text for Table 3 instead of the official config: single scale 800, flip
         replace(_af("piou_giou_ctr_r50_1x_paper", "Pseudo-IoU + GIoU + centerness, R-50 1x, single scale 800 (paper text)",
                     f"{piou} Table 3 row 'Pseudo-IoU + GIoU + centerness' as its text describes it (P:185)",
                     assign=PseudoIouOptions(), box="giou", quality="centerness"), data=COCO_DATA),
     ]
+    configs += _voc_configs(piou)
     configs += _demo_configs()
     return {c.name: validate(c) for c in configs}
 

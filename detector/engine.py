@@ -18,8 +18,8 @@ import torch.distributed as dist
 
 from detector.data.collate import pad_targets
 from detector.data.transforms import to_original_coordinates
-from detector.evaluation import coco_evaluate
-from detector.runtime import all_reduce_mean, all_reduce_min, rank, unwrap_model, world_size
+from detector.evaluation import coco_evaluate, evaluate_metrics
+from detector.runtime import all_reduce_mean, all_reduce_min, autocast, rank, unwrap_model, world_size
 
 
 # ----------------------------------------------------------------------------------------
@@ -45,14 +45,22 @@ def lr_factor(config, iteration, iters_per_epoch):
 
     Linear warmup: ``ratio + (1 - ratio) * it / warmup_iters`` for it < warmup_iters (mmdet);
     constant warmup: ``ratio`` (ATSS uses 1/3). Decay: ``gamma ** (number of steps s with
-    it >= s * iters_per_epoch)``.
+    it >= s * unit)``, ``unit`` = ``iters_per_epoch`` when steps are epochs, 1 when
+    ``solver.max_iters`` makes them iterations.
     """
     s = config.solver
     factor = 1.0
     if s.warmup != "none" and iteration < s.warmup_iters:
         factor = s.warmup_ratio if s.warmup == "constant" else s.warmup_ratio + (1 - s.warmup_ratio) * iteration / s.warmup_iters
-    decays = sum(iteration >= step * iters_per_epoch for step in s.steps)
+    unit = iters_per_epoch if s.max_iters is None else 1
+    decays = sum(iteration >= step * unit for step in s.steps)
     return factor * s.gamma ** decays
+
+
+def schedule_length(config, iters_per_epoch):
+    """Iterations of the whole run: ``solver.max_iters`` when set, else ``epochs`` full epochs."""
+    s = config.solver
+    return s.max_iters if s.max_iters is not None else iters_per_epoch * s.epochs
 
 
 def build_scheduler(config, optimizer, iters_per_epoch):
@@ -77,8 +85,13 @@ class StepResult:
     diagnostics: dict
 
 
-def train_step(model, batch, config, optimizer, device, *, iteration, max_iterations):
+def train_step(model, batch, config, optimizer, device, *, iteration, max_iterations, scaler=None):
     """Forward, losses, non-finite guard, backward, clipping and the SGD step.
+
+    The forward pass runs under ``solver.amp`` (``runtime.autocast``) and, with
+    ``solver.channels_last``, on NHWC images; the losses (decoding, assignment, targets) see
+    float32 head outputs. ``scaler``: the ``torch.amp.GradScaler`` of ``solver.amp=fp16``
+    (``runtime.gradient_scaler``), or None; its overflow steps are skipped steps.
 
     A step whose head outputs, loss or gradient norm are NaN/Inf on any process is skipped
     on every process (no optimizer update, gradients dropped, BatchNorm statistics restored)
@@ -89,10 +102,12 @@ def train_step(model, batch, config, optimizer, device, *, iteration, max_iterat
     """
     module = unwrap_model(model)
     images = batch.images.to(device, non_blocking=True)
+    if config.solver.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     targets = pad_targets(batch.targets, device=device)
     buffers = [b.detach().clone() for b in module.buffers()]  # BN statistics, restored if the step is skipped
     try:
-        return _step(model, module, images, targets, buffers, config, optimizer, iteration, max_iterations)
+        return _step(model, module, images, targets, buffers, config, optimizer, iteration, max_iterations, scaler)
     except BaseException:  # an error inside the step (or Ctrl-C) leaves the model as it was before it
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
@@ -101,9 +116,10 @@ def train_step(model, batch, config, optimizer, device, *, iteration, max_iterat
         raise
 
 
-def _step(model, module, images, targets, buffers, config, optimizer, iteration, max_iterations):
+def _step(model, module, images, targets, buffers, config, optimizer, iteration, max_iterations, scaler):
     """The body of ``train_step``; an exception escaping it is undone by ``train_step``."""
-    outputs = model(images)
+    with autocast(images.device, config.solver.amp):
+        outputs = model(images)
     tensors = [t for t in (outputs.cls_logits, outputs.box_regression, outputs.quality_logits) if t is not None]
     outputs_finite = all(bool(torch.isfinite(t.detach()).all()) for t in tensors)
     if outputs_finite:  # the loss functions reject non-finite logits with a ValueError
@@ -129,16 +145,22 @@ def _step(model, module, images, targets, buffers, config, optimizer, iteration,
         sum(torch.nan_to_num(t, 0.0, 0.0, 0.0).sum() * 0.0 for t in tensors).backward()
         optimizer.zero_grad(set_to_none=True)
     if not skipped:
-        loss.backward()
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clipping and the guard see the true gradients
         parameters = [p for p in model.parameters() if p.grad is not None]
         max_norm = config.solver.grad_clip_norm if config.solver.grad_clip_norm is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm) if parameters else torch.zeros(())
         grad_norm = float(norm)
-        if math.isfinite(grad_norm):
+        if math.isfinite(grad_norm) and scaler is not None:
+            scaler.step(optimizer)
+        elif math.isfinite(grad_norm):
             optimizer.step()
         else:
             skipped = True
             optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.update()  # after an overflow: a smaller scale for the next step
     if skipped:
         with torch.no_grad():
             for buffer, saved in zip(module.buffers(), buffers):
@@ -192,12 +214,19 @@ def run_inference(model, loader, device, *, progress=None):
     return results
 
 
-def evaluate(model, loader, device, annotations, category_ids, *, verbose=True, progress=None):
-    """COCO AP of ``model`` on ``loader`` (rank 0; other ranks return None)."""
+def evaluate(model, loader, device, annotations, category_ids, *, verbose=True, progress=None, metric="coco"):
+    """Metrics of ``model`` on ``loader`` (rank 0; other ranks return None).
+
+    ``metric`` (``data.metric``, one of ``evaluation.METRICS``): ``"coco"`` gives COCO AP,
+    AP50, AP75, APs, APm, APl; ``"voc07"`` / ``"voc_area"`` put the VOC ``mAP`` at IoU 0.5
+    first, then the COCO metrics, then ``per_class_AP`` (``evaluation.evaluate_metrics``).
+    """
     detections = run_inference(model, loader, device, progress=progress)
     if rank() != 0:
         return None
-    return coco_evaluate(annotations, detections, category_ids, verbose=verbose)
+    if metric == "coco":
+        return coco_evaluate(annotations, detections, category_ids, verbose=verbose)
+    return evaluate_metrics(annotations, detections, category_ids, metric=metric, verbose=verbose)
 
 
 class Throughput:

@@ -1,17 +1,19 @@
-"""Evaluate a checkpoint with COCO AP (specs/training.md §5).
+"""Evaluate a checkpoint with COCO AP or the VOC mAP (specs/training.md §5, specs/data.md §6).
 
 Usage::
 
     python -m detector.evaluate runs/demo-.../last.pth
     python -m detector.evaluate CHECKPOINT --images DIR --annotations FILE [--out metrics.json]
     python -m detector.evaluate CHECKPOINT data.test_min_size=640 inference.score_threshold=0.01
+    python -m detector.evaluate CHECKPOINT data.metric=voc07
     python -m detector.evaluate CHECKPOINT --images test2017 --annotations image_info_test-dev2017.json \
         --format coco-results --out detections_test-dev2017_labelassign_results.json
 
 The model is rebuilt from the config stored in the checkpoint; ``key.sub=value`` overrides
 may change the data and inference settings. The standard 12-line COCO table is printed
 and AP, AP50, AP75, APs, APm, APl are written as JSON (default: ``metrics-<checkpoint
-name>.json`` next to the checkpoint).
+name>.json`` next to the checkpoint). With ``data.metric=voc07`` or ``voc_area`` the VOC
+``mAP`` (IoU 0.5) comes first, and the JSON also holds ``per_class_AP``.
 """
 import argparse
 import sys
@@ -35,12 +37,14 @@ FORMATS = ("metrics", "coco-results")
 
 def evaluate_checkpoint(checkpoint, *, images=None, annotations=None, overrides=(), out=None, device="auto",
                         verbose=True, progress=True, format="metrics"):
-    """COCO metrics of ``checkpoint`` on its config's val split or on ``images``/``annotations``,
+    """Metrics of ``checkpoint`` on its config's val split or on ``images``/``annotations``,
     or (``format="coco-results"``) its detections there as a COCO results JSON.
 
     Returns:
         (metrics, path): with ``format="metrics"`` the dict AP, AP50, AP75, APs, APm, APl
-        (NaN where an area range has no GT), also written to ``out`` as JSON; with
+        (NaN where an area range has no GT), preceded by the VOC ``mAP`` and followed by
+        ``per_class_AP`` when ``data.metric`` is ``voc07`` or ``voc_area`` (the config's,
+        after the overrides), also written to ``out`` as JSON; with
         ``format="coco-results"`` None and the results file (one ``{image_id, category_id,
         bbox [x, y, w, h], score}`` per detection, original image coordinates). An
         ``annotations`` file without an ``"annotations"`` list (an image-info file such as
@@ -83,7 +87,8 @@ def evaluate_checkpoint(checkpoint, *, images=None, annotations=None, overrides=
         out = Path(out) if out is not None else checkpoint.parent / f"results-{checkpoint.stem}.json"
         write_json_atomically(detections_to_coco_results(detections, category_ids), out)
         return None, out
-    metrics = engine.evaluate(model, loader, dev, val_annotations, category_ids, verbose=verbose, progress=bar)
+    metrics = engine.evaluate(model, loader, dev, val_annotations, category_ids, verbose=verbose, progress=bar,
+                              metric=config.data.metric)
     if bar is not None:
         bar.close()
     out = Path(out) if out is not None else checkpoint.parent / f"metrics-{checkpoint.stem}.json"
@@ -92,7 +97,9 @@ def evaluate_checkpoint(checkpoint, *, images=None, annotations=None, overrides=
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m detector.evaluate", description="COCO AP of a training checkpoint.")
+    parser = argparse.ArgumentParser(prog="python -m detector.evaluate",
+                                     description="COCO AP (with data.metric=voc07 or voc_area also the VOC mAP) "
+                                                 "of a training checkpoint.")
     parser.add_argument("checkpoint", type=Path, help="a .pth file written by detector.train (or a run directory)")
     parser.add_argument("overrides", nargs="*", help="data.* / inference.* overrides, key.sub=value")
     parser.add_argument("--images", type=Path, default=None, help="image folder of a COCO split (default: the config's val split)")

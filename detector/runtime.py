@@ -3,6 +3,7 @@
 Shared by ``detector/train.py`` and ``detector/evaluate.py``; every helper is a no-op or an
 identity in a single process.
 """
+import contextlib
 import os
 import random
 
@@ -82,5 +83,41 @@ def wrap_model(model, device):
 
 
 def unwrap_model(model):
-    """The module inside a DistributedDataParallel wrapper (or ``model`` itself)."""
+    """The module inside the ``torch.compile`` and DistributedDataParallel wrappers (or
+    ``model`` itself)."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+#: ``solver.amp`` choices: "off" (float32), "bf16" (the forward pass under autocast to
+#: bfloat16; CPU and CUDA) and "fp16" (autocast to float16 with a gradient scaler; CUDA).
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+def check_amp(amp, device):
+    """Raise a one-line ValueError when ``solver.amp`` cannot run on ``device``."""
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"solver.amp=fp16: float16 training needs a CUDA device (with its gradient scaler), "
+                         f"this run is on {device.type}; use solver.amp=bf16 there")
+
+
+def autocast(device, amp):
+    """The context of a forward pass under ``solver.amp`` (a no-op for "off")."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def gradient_scaler(device, amp):
+    """The loss scaler of float16 training (``torch.amp.GradScaler``), or None."""
+    return torch.amp.GradScaler(device.type) if amp == "fp16" else None
+
+
+def prepare_model(model, channels_last=False, compile_model=False):
+    """``solver.channels_last`` (NHWC weights; the images follow in ``engine.train_step``) and
+    ``solver.compile`` (``torch.compile`` of the forward pass) applied to a wrapped model."""
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile_model:
+        model = torch.compile(model)
+    return model

@@ -10,8 +10,8 @@ Usage::
     torchrun --nproc_per_node=8 -m detector.train dyn_atss_qfl_iou_r50_1x ...
 
 A run directory holds ``config.json``, ``log.jsonl`` (one record per iteration),
-``last.pth`` (the latest checkpoint, written atomically at the end of every epoch and on
-interruption), ``epoch_XXX.pth`` (one per epoch) and ``metrics.json`` (final COCO AP).
+``last.pth`` (the latest checkpoint, written atomically at the end of every epoch, on
+interruption and at the end of an iteration schedule), ``epoch_XXX.pth`` (one per epoch) and ``metrics.json`` (final COCO AP).
 """
 import argparse
 import json
@@ -39,6 +39,7 @@ from detector.checkpoint import (
 from detector.data.loaders import build_datasets, iterations_per_epoch, train_loader, val_loader
 from detector.evaluation import write_metrics_json
 from detector.modeling import Detector
+from detector.paper_rows import PAPER_ROWS
 
 LOG_FILE = "log.jsonl"
 METRICS_FILE = "metrics.json"
@@ -76,6 +77,7 @@ class Run:
     scheduler: object
     iters_per_epoch: int
     max_iterations: int
+    scaler: object = None
 
 
 @dataclass
@@ -99,7 +101,7 @@ def train(config, run_dir=None, *, resume=False, progress=True, stop_after=None,
         progress: show a tqdm progress bar (rank 0).
         stop_after: stop (as an interruption would: checkpoint, no evaluation) once this
             many iterations in total have run; for tests and time-boxed runs.
-        evaluate_at_end: run the COCO evaluation on the val split after the last epoch.
+        evaluate_at_end: evaluate on the val split (``data.metric``) at the end of the schedule.
     """
     run = _setup(config, run_dir)
     position = _resume(run) if resume else _start(run)
@@ -107,7 +109,8 @@ def train(config, run_dir=None, *, resume=False, progress=True, stop_after=None,
         print(f"run directory: {run.run_dir}\nconfig: {config.name} ({config.description})\n"
               f"data: {_dataset_words(config)}\n"
               f"device: {run.device}, processes: {runtime.world_size()}, train images: {len(run.data.train)}, "
-              f"iterations: {run.max_iterations} ({run.iters_per_epoch} per epoch)", flush=True)
+              f"iterations: {run.max_iterations} ({run.iters_per_epoch} per epoch, "
+              f"{run.max_iterations / run.iters_per_epoch:.4g} epochs)", flush=True)
     if not _train_epochs(run, position, progress=progress, stop_after=stop_after):
         return None
     return _final_evaluation(run) if evaluate_at_end else None
@@ -116,17 +119,19 @@ def train(config, run_dir=None, *, resume=False, progress=True, stop_after=None,
 def _setup(config, run_dir):
     """Device, processes, threads, seeds, data, model, optimiser and schedule of a run."""
     device = runtime.select_device(config.device)
+    runtime.check_amp(config.solver.amp, device)
     runtime.setup_distributed(device)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     runtime.set_threads(config.threads)
     runtime.seed_everything(config.seed + runtime.rank())
     data = build_datasets(config)
     model = runtime.wrap_model(Detector(config, data.num_classes).to(device), device)
+    model = runtime.prepare_model(model, config.solver.channels_last, config.solver.compile)
     optimizer = engine.build_optimizer(config, model)
     iters_per_epoch = iterations_per_epoch(config, len(data.train))
     scheduler = engine.build_scheduler(config, optimizer, iters_per_epoch)
     return Run(config, run_dir, device, runtime.rank() == 0, data, model, optimizer, scheduler, iters_per_epoch,
-               iters_per_epoch * config.solver.epochs)
+               engine.schedule_length(config, iters_per_epoch), runtime.gradient_scaler(device, config.solver.amp))
 
 
 def _start(run):
@@ -151,6 +156,8 @@ def _resume(run):
     runtime.unwrap_model(run.model).load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
+    if run.scaler is not None and "scaler" in state:
+        run.scaler.load_state_dict(state["scaler"])
     position = Position(state["epoch"], state["batch_in_epoch"], state["iteration"], state.get("bad_steps_total", 0))
     rank = runtime.rank()
     set_rng_states(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
@@ -169,8 +176,10 @@ def _train_epochs(run, position, *, progress, stop_after):
     """The optimisation loop from ``position`` to the end of the schedule.
 
     Returns:
-        True when every epoch ran; False when it stopped early (an interruption or
-        ``stop_after``), after writing a checkpoint of the position reached.
+        True when the schedule ran to its end (``run.max_iterations``; with an iteration
+        schedule the last epoch may end mid-way, and its position is checkpointed); False
+        when it stopped early (an interruption or ``stop_after``), after writing a
+        checkpoint of the position reached.
     """
     config = run.config
     interrupted = _InterruptFlag()
@@ -181,14 +190,15 @@ def _train_epochs(run, position, *, progress, stop_after):
     log = open(run.run_dir / LOG_FILE, "a", encoding="utf-8") if run.is_main else None
     completed = Position(position.epoch, position.batch, position.iteration, position.bad_total)
     try:
-        while position.epoch < config.solver.epochs:
+        while position.iteration < run.max_iterations:
             loader = train_loader(config, run.data.train, epoch=position.epoch, start_batch=position.batch)
             stop = False
             tick = time.perf_counter()
             for batch in loader:
                 data_time = time.perf_counter() - tick
                 result = engine.train_step(run.model, batch, config, run.optimizer, run.device,
-                                           iteration=position.iteration, max_iterations=run.max_iterations)
+                                           iteration=position.iteration, max_iterations=run.max_iterations,
+                                           scaler=run.scaler)
                 lr = run.optimizer.param_groups[0]["lr"]
                 with warnings.catch_warnings():  # a skipped step has no optimizer.step(); the schedule still advances
                     warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
@@ -214,17 +224,20 @@ def _train_epochs(run, position, *, progress, stop_after):
                         f"solver.grad_clip_norm, or check the data. The last good checkpoint is {run.run_dir / LAST}.")
                 completed = Position(position.epoch, position.batch, position.iteration, position.bad_total)
                 stop = interrupted.flag or (stop_after is not None and position.iteration >= stop_after)
-                if stop and position.batch < run.iters_per_epoch:
+                finished = position.iteration >= run.max_iterations
+                if (stop or finished) and position.batch < run.iters_per_epoch:
                     break
                 tick = time.perf_counter()
             else:  # the epoch is complete
                 position.epoch, position.batch = position.epoch + 1, 0
                 _save(run, position, per_epoch=True)
                 completed = Position(position.epoch, position.batch, position.iteration, position.bad_total)
-                if not stop or position.epoch >= config.solver.epochs:
+                if not stop or position.iteration >= run.max_iterations:
                     continue
-            if position.batch < run.iters_per_epoch:  # stopped mid-epoch: checkpoint the position in the epoch
+            if position.batch < run.iters_per_epoch:  # ended mid-epoch: checkpoint the position in the epoch
                 _save(run, position)
+            if position.iteration >= run.max_iterations:  # an iteration schedule ended inside its last epoch
+                break
             if bar is not None:
                 bar.close()
             if run.is_main:
@@ -314,12 +327,13 @@ def _log_record(position, result, lr, batch_size, elapsed, data_time, images_per
 
 
 def _final_evaluation(run):
-    """COCO metrics of the trained model on the val split; written to ``metrics.json``."""
+    """Metrics of the trained model on the val split (``data.metric``: COCO AP, or the VOC
+    mAP first and then the COCO metrics and the per-class APs); written to ``metrics.json``."""
     loader = val_loader(run.config, run.data.val)
     if run.is_main:
         print(f"evaluating on {len(run.data.val)} val images ...", flush=True)
     metrics = engine.evaluate(run.model, loader, run.device, run.data.val_annotations, run.data.category_ids,
-                              verbose=run.is_main)
+                              verbose=run.is_main, metric=run.config.data.metric)
     if run.is_main:
         write_metrics_json(metrics, run.run_dir / METRICS_FILE)
         print(format_metrics(metrics))
@@ -328,9 +342,11 @@ def _final_evaluation(run):
 
 
 def format_metrics(metrics):
-    """One line: AP, AP50, AP75, APs, APm, APl as fractions with three decimals, the units of
-    the pycocotools table printed above it."""
-    return "  ".join(f"{k} {'  n/a' if v is None or math.isnan(v) else f'{v:.3f}'}" for k, v in metrics.items())
+    """One line: AP, AP50, AP75, APs, APm, APl (after the VOC ``mAP`` when there is one) as
+    fractions with three decimals, the units of the pycocotools table printed above it;
+    nested entries (``per_class_AP``) are left out."""
+    return "  ".join(f"{k} {'  n/a' if v is None or math.isnan(v) else f'{v:.3f}'}" for k, v in metrics.items()
+                     if not isinstance(v, dict))
 
 
 def _save(run, position, per_epoch=False):
@@ -347,8 +363,11 @@ def _save(run, position, per_epoch=False):
         "model": module.state_dict(), "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
         "epoch": position.epoch, "batch_in_epoch": position.batch, "iteration": position.iteration,
         "bad_steps_total": position.bad_total, "config": configs.to_dict(run.config), "rng": states,
-        "num_classes": module.num_classes,
+        "num_classes": module.num_classes, "category_ids": list(run.data.category_ids),
+        "category_names": list(run.data.category_names),
     }
+    if run.scaler is not None:
+        state["scaler"] = run.scaler.state_dict()
     save_checkpoint(state, run.run_dir / LAST)
     if per_epoch:
         save_checkpoint(state, run.run_dir / f"epoch_{position.epoch:03d}.pth")
@@ -429,11 +448,19 @@ def _check_data_command(config, *, progress):
 
 
 def list_configs():
-    """The table printed by ``--list``."""
+    """The text printed by ``--list``: every config, then both papers' tables row by row
+    with the configs that reproduce each row (``detector.paper_rows``)."""
     width = max(len(name) for name in configs.CONFIGS)
     lines = [f"{'name':<{width}}  description  [reproduces]"]
     for name, config in configs.CONFIGS.items():
         lines.append(f"{name:<{width}}  {config.description}  [{config.reproduces}]")
+    lines += ["", "paper tables, row by row (paper's number; configs, or why there is none yet):"]
+    current = None
+    for row in PAPER_ROWS:
+        if (row.paper, row.table) != current:
+            current = (row.paper, row.table)
+            lines.append(f"{row.paper} {row.table}")
+        lines.append(f"  {row.row} ({row.reported}): {', '.join(row.configs) if row.configs else 'none, ' + row.pending}")
     return "\n".join(lines)
 
 
@@ -447,7 +474,7 @@ def main(argv=None):
     parser.add_argument("--list", action="store_true", help="list the configurations and exit")
     parser.add_argument("--run-dir", type=Path, default=None, help="output folder (default: output_dir/NAME-TIMESTAMP)")
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    parser.add_argument("--no-eval", action="store_true", help="skip the final COCO evaluation")
+    parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
                         help="stop after N iterations in total, with a checkpoint (continue with --resume)")

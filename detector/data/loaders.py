@@ -1,6 +1,7 @@
 """Datasets and loaders of a run (specs/data.md, specs/training.md §3).
 
-- ``build_datasets``: the built-in digits (generated on first use) or COCO files, with the
+- ``build_datasets``: the built-in digits (generated on first use), COCO files or Pascal VOC
+  (converted to COCO files on first use), with the
   training view ``AugmentedDataset`` whose random resize and flip are a pure function of
   (seed, epoch, image index);
 - ``ResumableSampler``: a ``DistributedSampler`` that can start in the middle of an epoch;
@@ -20,27 +21,32 @@ from torch.utils.data.distributed import DistributedSampler
 from detector.data.coco import CocoDetection, check_coco_dataset
 from detector.data.collate import collate
 from detector.data.synthetic import build_digits_dataset, default_cache_root
+from detector.data.voc import build_voc_annotations
 from detector.data.transforms import Compose, Normalize, RandomHorizontalFlip, Resize
 from detector.runtime import rank, world_size
 
-#: ``data.dataset`` choices: the built-in digits, or COCO-format files.
-DATASETS = ("digits", "coco")
+#: ``data.dataset`` choices: the built-in digits, COCO-format files, or a Pascal VOCdevkit.
+DATASETS = ("digits", "coco", "voc")
 
 
 @dataclass(frozen=True)
 class DataSplits:
-    """Datasets of a run: train (augmented), val (test transform), and the val COCO file."""
+    """Datasets of a run: train (augmented), val (test transform), the val COCO file, and the
+    K categories (COCO ids and names, in label order)."""
 
     train: Dataset
     val: Dataset
     val_annotations: str
     category_ids: list
     num_classes: int
+    category_names: list
 
 
 def dataset_paths(config):
     """(train_images, train_annotations, val_images, val_annotations) of ``config.data``;
-    generates the digits dataset when ``data.dataset == "digits"``."""
+    generates the digits dataset when ``data.dataset == "digits"``; with ``"voc"`` both image
+    folders are ``data.root`` (the VOCdevkit) and the annotation files are the COCO JSONs of
+    ``data.voc_train_sets`` and ``data.voc_test_sets`` (``voc.build_voc_annotations``, cached)."""
     data = config.data
     if data.dataset == "digits":
         size = data.digits_image_size
@@ -52,6 +58,12 @@ def dataset_paths(config):
             max_overlap=data.digits_max_overlap, single_class=data.digits_single_class,
         )
         return paths.train_images, paths.train_annotations, paths.val_images, paths.val_annotations
+    if data.dataset == "voc":
+        if not data.root:
+            raise ValueError("data.dataset=voc needs data.root=PATH (the VOCdevkit folder holding VOC2007, VOC2012)")
+        train = build_voc_annotations(data.root, data.voc_train_sets)
+        val = build_voc_annotations(data.root, data.voc_test_sets)
+        return data.root, train, data.root, val
     missing = [k for k in ("train_images", "train_annotations", "val_images", "val_annotations") if getattr(data, k) is None]
     if missing:
         raise ValueError("data.dataset=coco needs " + " ".join(f"data.{k}=PATH" for k in missing))
@@ -84,7 +96,7 @@ def training_min_sizes(data):
 
 
 def test_transform(config):
-    return Compose([Resize(config.data.test_min_size, config.data.max_size), Normalize()])
+    return Compose([Resize(config.data.test_min_size, config.data.max_size), Normalize.for_style(config.backbone.style)])
 
 
 def build_datasets(config, *, val_images=None, val_annotations=None):
@@ -102,21 +114,24 @@ def build_datasets(config, *, val_images=None, val_annotations=None):
     if list(val.category_ids) != list(train.category_ids):
         raise ValueError(f"{val_annotations}: its categories differ from those of {train_annotations}")
     augmented = AugmentedDataset(train_set, training_min_sizes(config.data), config.data.max_size, config.data.flip,
-                                 config.seed)
-    return DataSplits(augmented, val, str(val_annotations), list(train.category_ids), len(train.category_ids))
+                                 config.seed, normalize=Normalize.for_style(config.backbone.style))
+    return DataSplits(augmented, val, str(val_annotations), list(train.category_ids), len(train.category_ids),
+                      list(train.category_names))
 
 
 class AugmentedDataset(Dataset):
     """Training view of a dataset: Resize (a random choice of ``min_sizes``), horizontal
-    flip with probability ``flip``, Normalize.
+    flip with probability ``flip``, then ``normalize`` (default ``Normalize()``; the
+    backbone style's normalisation, ``Normalize.for_style``).
 
     The random draws of item ``i`` in epoch ``e`` come from a generator seeded with
     ``(seed, e, i)``: they do not depend on the worker, the process or on which items were
     loaded before, so an interrupted and resumed run sees the same augmentations.
     """
 
-    def __init__(self, base, min_sizes, max_size, flip, seed):
+    def __init__(self, base, min_sizes, max_size, flip, seed, normalize=None):
         self.base = base
+        self.normalize = Normalize() if normalize is None else normalize
         self.min_sizes = tuple(min_sizes)
         self.max_size = max_size
         self.flip = flip
@@ -135,7 +150,7 @@ class AugmentedDataset(Dataset):
         transforms = Compose([
             Resize(self.min_sizes, self.max_size, generator=generator),
             RandomHorizontalFlip(self.flip, generator=generator),
-            Normalize(),
+            self.normalize,
         ])
         return transforms(image, target)
 

@@ -15,6 +15,10 @@ import torch.nn.functional as F
 #: ImageNet statistics for RGB images in [0, 1] (torchvision pretrained backbones).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Caffe-style backbones (MSRA/detectron weights): BGR images in [0, 255] minus this mean,
+#: given in B, G, R order, std 1 (maskrcnn-benchmark ``INPUT.PIXEL_MEAN`` with ``TO_BGR255``).
+CAFFE_MEAN_BGR = (102.9801, 115.9465, 122.7717)
+CAFFE_STD = (1.0, 1.0, 1.0)
 
 _BOX_KEYS = ("boxes", "ignore_boxes")
 
@@ -109,21 +113,42 @@ class RandomHorizontalFlip:
 
 
 class Normalize:
-    """``(image - mean) / std`` per channel; boxes unchanged. Defaults: ImageNet RGB in [0, 1]."""
+    """``(image - mean) / std`` per channel; boxes unchanged. Defaults: ImageNet RGB in [0, 1].
 
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    ``to_bgr255``: first turn the (3, H, W) RGB image in [0, 1] into BGR in [0, 255]
+    (``image[[2, 1, 0]] * 255``), as Caffe-style backbones expect; ``mean``/``std`` are then in
+    B, G, R order and 0-255 units. ``Normalize.for_style`` gives the normalisation of a
+    ``backbone.style`` (specs/model.md §1.1).
+    """
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, *, to_bgr255=False):
         self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
+        self.to_bgr255 = bool(to_bgr255)
         if (self.std <= 0).any():
             raise ValueError(f"std: expected positive values, got {std!r}")
+
+    @classmethod
+    def for_style(cls, style):
+        """The input normalisation of ``backbone.style``: "pytorch" is ``Normalize()``
+        (RGB in [0, 1], ImageNet mean/std); "caffe" is BGR in [0, 255] minus ``CAFFE_MEAN_BGR``,
+        std 1."""
+        if style == "pytorch":
+            return cls()
+        if style == "caffe":
+            return cls(CAFFE_MEAN_BGR, CAFFE_STD, to_bgr255=True)
+        raise ValueError(f"backbone.style: expected pytorch or caffe, got {style!r}")
 
     def __call__(self, image, target):
         mean = self.mean.to(image.device, image.dtype)
         std = self.std.to(image.device, image.dtype)
+        if self.to_bgr255:
+            image = image.flip(-3) * 255.0
         return (image - mean) / std, dict(target)
 
     def __repr__(self):
-        return f"Normalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+        bgr = ", to_bgr255=True" if self.to_bgr255 else ""
+        return f"Normalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}{bgr})"
 
 
 def hflip(image, target):

@@ -3,16 +3,32 @@
 Every backbone returns the C3, C4, C5 feature maps (strides 8, 16, 32) as a list and
 exposes their channel counts in ``out_channels``. Pretrained weights are never downloaded:
 ``build_backbone`` builds the torchvision network with ``weights=None`` and, when the config
-names a file, loads that local state dict into it.
+names a file, loads that local file into it: a torchvision-layout state dict, or a
+Caffe2/detectron ``.pkl`` of numpy arrays (``R-50.pkl``), converted to torchvision keys.
+
+``backbone.style`` "caffe" (specs/model.md §1.1) is the MSRA/detectron ResNet: downsampling
+Bottlenecks stride in their first 1x1 conv, and the input is BGR in [0, 255] minus the
+Caffe pixel mean (``Normalize.for_style`` in ``detector/data/transforms.py``).
 """
+import codecs
 import logging
+import pickle
+import re
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock
+from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops.misc import FrozenBatchNorm2d
+
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct, scalar
+    from numpy._core.numeric import _frombuffer
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct, scalar
+    from numpy.core.numeric import _frombuffer
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +45,12 @@ TORCHVISION_RESNETS = {
 BACKBONES = (*TORCHVISION_RESNETS, "tiny")
 #: ``backbone.norm`` choices.
 NORMS = ("frozen_bn", "bn", "gn")
+#: ``backbone.style`` choices: "pytorch" (torchvision) or "caffe" (MSRA/detectron, §1.1).
+BACKBONE_STYLES = ("pytorch", "caffe")
+#: Networks whose caffe style moves the stride to the 1x1 conv1 (maskrcnn-benchmark
+#: ``STRIDE_IN_1X1=True``). ResNeXt keeps it on the 3x3 conv2, as maskrcnn-benchmark's ResNeXt
+#: configs and the detectron X-101 weights do; BasicBlock nets have no 1x1 conv1.
+STRIDE_IN_1X1_NETWORKS = ("resnet50", "resnet101")
 
 
 def norm_layer_factory(norm, gn_groups=32):
@@ -124,42 +146,224 @@ class TinyResNet(nn.Module):
 def build_backbone(config):
     """The backbone of a ``BackboneConfig``; loads ``config.weights`` from a local file."""
     norm_layer = norm_layer_factory(config.norm, config.gn_groups)
+    if config.style not in BACKBONE_STYLES:
+        raise ValueError(f"backbone.style: expected one of {', '.join(BACKBONE_STYLES)}, got {config.style!r}")
     if config.name == "tiny":
+        if config.style != "pytorch":
+            raise ValueError(f"backbone.style: the tiny backbone has only the pytorch style, got {config.style!r}")
         if config.weights:
             raise ValueError("backbone.weights: the tiny backbone has no pretrained weights")
         return TinyResNet(config.tiny_widths, config.tiny_blocks, norm_layer)
     if config.name not in TORCHVISION_RESNETS:
         raise ValueError(f"backbone.name: expected one of {', '.join(BACKBONES)}, got {config.name!r}")
     network = TORCHVISION_RESNETS[config.name](weights=None, norm_layer=norm_layer)
+    if config.style == "caffe" and config.name in STRIDE_IN_1X1_NETWORKS:
+        stride_in_1x1(network)
     if config.weights:
         load_backbone_weights(network, config.weights)
     return ResNetBackbone(network, config.frozen_stages)
 
 
-def load_backbone_weights(network, path):
-    """Load a torchvision-layout state dict from the local file ``path`` into ``network``.
+def stride_in_1x1(network):
+    """Caffe style in place: every downsampling ``Bottleneck`` of the torchvision ResNet
+    ``network`` strides in its 1x1 ``conv1`` instead of its 3x3 ``conv2``.
 
-    The classifier (``fc.*``) may be absent or present; any other missing or unexpected key
-    is an error, so a wrong file is never silently half-loaded. A checkpoint dict with a
-    ``"state_dict"`` or ``"model"`` entry is unwrapped.
+    The parameters (and so the state-dict keys and shapes) are unchanged; an (H, W) input
+    of a block still gives (ceil(H / s), ceil(W / s)) outputs. Returns ``network``.
+    """
+    for stage in (network.layer1, network.layer2, network.layer3, network.layer4):
+        for block in stage:
+            if isinstance(block, Bottleneck) and tuple(block.conv2.stride) != (1, 1):
+                block.conv1.stride, block.conv2.stride = block.conv2.stride, (1, 1)
+    return network
+
+
+def load_backbone_weights(network, path):
+    """Load pretrained weights from the local file ``path`` into a torchvision ResNet.
+
+    Two layouts (specs/model.md §1.1), told apart by the key names:
+
+    - torchvision: a state dict (``conv1.weight``, ``bn1.running_var``, ``layer1.0.conv1.weight``,
+      ...) saved with ``torch.save``; a checkpoint dict with a ``"state_dict"`` or ``"model"``
+      entry is unwrapped. mmdet's converted MSRA weights have this layout.
+    - Caffe2/detectron: a ``.pkl`` (or ``.pickle``) dict of numpy arrays, optionally under
+      ``"blobs"`` (``conv1_w``, ``res_conv1_bn_s``, ``res2_0_branch2a_w``, ...), read with
+      a restricted unpickler and converted by ``detectron_to_torchvision``.
+
+    The classifier (``fc.*``, ``pred_*``) may be absent or present; any other missing,
+    unexpected or mis-shaped key is a one-line ValueError naming the file and the layout,
+    so a wrong file is never silently half-loaded.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone.weights: no such file: {path} (weights are never downloaded; "
-                                "pass the path of a local torchvision state-dict file)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    result = network.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise ValueError(f"backbone.weights: {path} does not match the network: "
-                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-    logger.info("loaded backbone weights from %s", path)
+                                "pass the path of a local torchvision state-dict or detectron .pkl file)")
+    if path.suffix in (".pkl", ".pickle"):
+        state = read_detectron_pickle(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model"):
+            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"backbone.weights: {path} holds a {type(state).__name__}, not a dict of weights")
+    layout = weights_layout(state)
+    if layout == "detectron":
+        try:
+            state = detectron_to_torchvision(state, eps=_norm_eps(network))
+        except ValueError as exc:
+            raise ValueError(f"backbone.weights: {path} (Caffe2/detectron layout): {exc}") from None
+    else:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state and not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected and not k.endswith("num_batches_tracked")]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        name = "Caffe2/detectron" if layout == "detectron" else "torchvision"
+        raise ValueError(f"backbone.weights: {path} ({name} layout) does not match the network: "
+                         f"missing {_first(missing)}, unexpected {_first(unexpected)}, shapes {_first(shapes)}")
+    network.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+    logger.info("loaded backbone weights from %s (%s layout)", path, layout)
+
+
+def weights_layout(state):
+    """"detectron" when the keys of ``state`` are Caffe2 blob names (``conv1_w``,
+    ``res_conv1_bn_s``, ``res<n>_<i>_branch...``), else "torchvision"."""
+    for key in state:
+        if key in ("conv1_w", "res_conv1_bn_s", "res_conv1_bn_b") or _DETECTRON_BLOCK.match(str(key)):
+            return "detectron"
+    return "torchvision"
+
+
+#: ``res<stage>_<block>_<branch>[_bn]_<w|s|b>``: stage 2..5 is torchvision ``layer1..layer4``.
+_DETECTRON_BLOCK = re.compile(r"res(\d+)_(\d+)_(branch2a|branch2b|branch2c|branch1)(_bn)?_([wsb])$")
+_DETECTRON_BRANCHES = {  # branch -> (conv module, norm module) of a torchvision block
+    "branch2a": ("conv1", "bn1"), "branch2b": ("conv2", "bn2"), "branch2c": ("conv3", "bn3"),
+    "branch1": ("downsample.0", "downsample.1"),
+}
+#: Blobs that are not backbone weights: the ImageNet classifier.
+_DETECTRON_CLASSIFIER = ("pred_w", "pred_b", "fc1000_w", "fc1000_b")
+
+
+def detectron_to_torchvision(blobs, eps=1e-5):
+    """Caffe2/detectron blob names -> a torchvision ResNet state dict of float tensors.
+
+    ``conv1_w`` -> ``conv1.weight``; ``res_conv1_bn_{s,b}`` -> ``bn1.{weight,bias}``;
+    ``res<n>_<i>_branch2{a,b,c}_w`` -> ``layer<n-1>.<i>.conv{1,2,3}.weight`` and their
+    ``_bn_{s,b}`` -> ``bn{1,2,3}.{weight,bias}``; ``branch1`` -> ``downsample.0`` / ``.1``.
+    ``pred_*``/``fc1000_*`` (classifier) and ``*_momentum`` blobs are skipped; any other
+    name is kept as it is (the loader reports it as unexpected).
+
+    The Caffe2 BN is an affine channel ``s * x + b`` without statistics: each converted
+    norm gets ``running_mean = 0`` and ``running_var = 1 - eps``, so a ``FrozenBatchNorm2d``
+    (or an eval-mode BatchNorm) with that ``eps`` computes
+    ``s * (x - 0) / sqrt(1 - eps + eps) + b = s * x + b`` exactly.
+
+    Args:
+        blobs: {name: numpy array or tensor}, e.g. conv weights (C_out, C_in/groups, k, k),
+            BN scales/biases (C,).
+        eps: the ``eps`` of the network's norm layers.
+    Returns:
+        {torchvision key: float32 tensor}.
+    """
+    state = {}
+    for name, value in blobs.items():
+        if name in _DETECTRON_CLASSIFIER or name.endswith("_momentum"):
+            continue
+        key = _detectron_key(name)
+        state[key] = _as_tensor(name, value)
+        if key.endswith(("bn1.weight", "bn1.bias", "bn2.weight", "bn2.bias", "bn3.weight", "bn3.bias",
+                         "downsample.1.weight", "downsample.1.bias")):
+            prefix = key.rsplit(".", 1)[0]
+            state[f"{prefix}.running_mean"] = torch.zeros_like(state[key])
+            state[f"{prefix}.running_var"] = torch.full_like(state[key], 1.0 - eps)
+    return state
+
+
+def _detectron_key(name):
+    if name == "conv1_w":
+        return "conv1.weight"
+    if name in ("res_conv1_bn_s", "res_conv1_bn_b"):
+        return "bn1.weight" if name.endswith("_s") else "bn1.bias"
+    match = _DETECTRON_BLOCK.match(name)
+    if not match or not 2 <= int(match.group(1)) <= 5:
+        return name
+    stage, block, branch, bn, kind = match.groups()
+    conv, norm = _DETECTRON_BRANCHES[branch]
+    prefix = f"layer{int(stage) - 1}.{int(block)}"
+    if bn:
+        if kind == "w":
+            return name
+        return f"{prefix}.{norm}.{'weight' if kind == 's' else 'bias'}"
+    if kind == "s":
+        return name
+    return f"{prefix}.{conv}.{'weight' if kind == 'w' else 'bias'}"
+
+
+def _as_tensor(name, value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(torch.float32)
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"blob {name!r} is not a numeric array (dtype {array.dtype})")
+    return torch.tensor(array, dtype=torch.float32)
+
+
+#: The only globals a Caffe2/detectron weights pickle may name: numpy array and scalar
+#: reconstruction (numpy 1.x and 2.x module names), and ``_codecs.encode``, with which
+#: Python 3 pickles of protocol 2 store bytes.
+_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.multiarray", "scalar"): scalar,
+    ("numpy._core.multiarray", "scalar"): scalar,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that builds numpy arrays, dicts, lists and strings, and nothing else."""
+
+    def find_class(self, module, name):
+        if (module, name) in _PICKLE_GLOBALS:
+            return _PICKLE_GLOBALS[(module, name)]
+        raise pickle.UnpicklingError(f"it references {module}.{name}, and only numpy arrays are allowed")
+
+
+def read_detectron_pickle(path):
+    """{blob name: numpy array} of a Caffe2/detectron weights pickle (``R-50.pkl``).
+
+    Read as maskrcnn-benchmark's ``c2_model_loading.py`` reads it (latin1 strings; the
+    ``"blobs"`` entry when there is one), but with a restricted unpickler: a pickle naming
+    anything other than numpy array reconstruction is refused with a ValueError, never run.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = _NumpyOnlyUnpickler(file, encoding="latin1").load()
+    except Exception as exc:  # a refused global, a truncated or non-pickle file
+        raise ValueError(f"backbone.weights: {path}: not a readable Caffe2/detectron pickle of numpy arrays: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("blobs"), dict):
+        data = data["blobs"]
+    if not isinstance(data, dict):
+        raise ValueError(f"backbone.weights: {path} holds a {type(data).__name__}, not a dict of numpy arrays")
+    return data
+
+
+def _norm_eps(network):
+    for module in network.modules():
+        if hasattr(module, "running_var") and hasattr(module, "eps"):
+            return float(module.eps)
+    return 1e-5
+
+
+def _first(keys, count=5):
+    return f"{keys[:count]}{'...' if len(keys) > count else ''}"
 
 
 def _stage_channels(stage):

@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from detector.evaluation import METRIC_NAMES
+from detector.evaluation import METRIC_NAMES, SCALAR_METRICS
 
 #: Training seeds of a built-in study.
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
@@ -94,9 +94,9 @@ def validate_study(study, where=None):
             raise ValueError(f"{prefix}{key}: expected a non-empty list of ints >= 0, got {list(values)}")
         if len(set(values)) != len(values):
             raise ValueError(f"{prefix}{key}: duplicated values {list(values)}")
-    unknown = [m for m in study.metrics if m not in METRIC_NAMES]
+    unknown = [m for m in study.metrics if m not in SCALAR_METRICS]
     if unknown or not study.metrics:
-        raise ValueError(f"{prefix}metrics: expected some of {', '.join(METRIC_NAMES)}, got {list(study.metrics)}")
+        raise ValueError(f"{prefix}metrics: expected some of {', '.join(SCALAR_METRICS)}, got {list(study.metrics)}")
     from detector.configs import CONFIGS, get_config
 
     for arm in study.arms:

@@ -95,6 +95,39 @@ def test_resume_continues_exactly(tmp_path, straight_run, stop_after):
     assert [r["lr"] for r in ra] == [r["lr"] for r in rb]
 
 
+@pytest.mark.parametrize("stop_after", [None, 3, 5])  # straight; mid-epoch 1; mid-epoch 2 (4 iterations per epoch)
+def test_iteration_schedule_ends_mid_epoch_and_resumes_exactly(tmp_path, stop_after):
+    """``solver.max_iters=6`` with 4 iterations per epoch: the run ends after batch 2 of epoch 2,
+    the lr drops at iteration 3 (steps in iterations), and an interrupted run resumes to the
+    same weights and log as the straight run."""
+    config = tiny_config(tmp_path / "data", "demo_atss", "data.digits_num_train=16", "solver.batch_size=4",
+                         "solver.max_iters=6", "solver.steps=3", "solver.warmup=none")
+    straight = tmp_path / "straight"
+    train(config, straight, progress=False, evaluate_at_end=False)
+    final = load_checkpoint(straight / "last.pth")
+    assert (final["iteration"], final["epoch"], final["batch_in_epoch"]) == (6, 1, 2)
+    assert sorted(p.name for p in straight.glob("epoch_*.pth")) == ["epoch_001.pth"]  # only the complete epoch
+    records = _records(straight)
+    assert [r["iteration"] for r in records] == list(range(1, 7))
+    assert [r["epoch"] for r in records] == [1, 1, 1, 1, 2, 2]
+    lrs = [r["lr"] for r in records]
+    assert lrs[:3] == [pytest.approx(0.01)] * 3 and lrs[3:] == [pytest.approx(0.001)] * 3
+    if stop_after is None:
+        return
+    resumed = tmp_path / "resumed"
+    assert train(config, resumed, progress=False, stop_after=stop_after, evaluate_at_end=False) is None
+    assert load_checkpoint(resumed / "last.pth")["iteration"] == stop_after
+    train(config, resumed, resume=True, progress=False, evaluate_at_end=False)
+    again = load_checkpoint(resumed / "last.pth")
+    assert (again["iteration"], again["epoch"], again["batch_in_epoch"]) == (6, 1, 2)
+    for key in final["model"]:
+        torch.testing.assert_close(final["model"][key], again["model"][key], rtol=0, atol=0, msg=key)
+    assert [r["loss"] for r in _records(resumed)] == [r["loss"] for r in records]
+    # resuming a finished run trains nothing more
+    train(config, resumed, resume=True, progress=False, evaluate_at_end=False)
+    assert len(_records(resumed)) == 6
+
+
 def test_resume_refuses_a_different_config(tmp_path):
     root = tmp_path / "data"
     config = tiny_config(root, "demo_atss")

@@ -7,6 +7,7 @@ import pytest
 
 from detector import configs
 from detector.configs import CONFIGS, apply_overrides, from_dict, get_config, to_dict
+from detector.paper_rows import NEEDS_DCN, NEEDS_GFLV2, NEEDS_RETINANET, NEEDS_VFNET, PAPER_ROWS, rows_of_config
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configs.md"
 
@@ -21,8 +22,45 @@ def test_every_config_is_valid_named_and_round_trips():
 
 def test_docs_table_lists_every_config():
     text = DOCS.read_text()
-    listed = set(re.findall(r"^\| `([a-z0-9_]+)` \|", text, flags=re.M))
-    assert listed == set(CONFIGS)
+    listed = re.findall(r"^\| `([a-z0-9_]+)` \|", text, flags=re.M)
+    assert sorted(listed) == sorted(CONFIGS)  # each once
+
+
+def test_generated_blocks_of_the_docs_are_current():
+    """docs/configs.md holds ``paper_rows.doc_blocks()`` verbatim (rewrite with
+    ``python -m detector.paper_rows docs/configs.md``)."""
+    from detector.paper_rows import doc_blocks
+
+    text = DOCS.read_text()
+    for name, block in doc_blocks().items():
+        assert f"<!-- begin {name} -->\n{block}<!-- end {name} -->" in text, name
+
+
+#: Rows per table of both papers (their experiments; rows quoting other detectors excluded).
+TABLE_SIZES = {("Dynamic ATSS", "Table 1"): 4, ("Dynamic ATSS", "Table 2"): 7, ("Dynamic ATSS", "Table 3"): 8,
+               ("Dynamic ATSS", "Table 4"): 4, ("Dynamic ATSS", "Table 5"): 14,
+               ("Pseudo-IoU", "Table 1a"): 8, ("Pseudo-IoU", "Table 1b"): 8, ("Pseudo-IoU", "Table 1c"): 8,
+               ("Pseudo-IoU", "Table 2"): 18, ("Pseudo-IoU", "Table 3"): 5, ("Pseudo-IoU", "Table 4"): 5}
+
+
+def test_every_paper_row_has_a_config_or_a_stated_reason():
+    """Walk both papers' tables: every row names configs that exist and say they reproduce
+    that table, or names what it still needs (a head or operator of another issue)."""
+    sizes = {}
+    for row in PAPER_ROWS:
+        sizes[(row.paper, row.table)] = sizes.get((row.paper, row.table), 0) + 1
+        assert bool(row.configs) != bool(row.pending), row
+        if row.pending:
+            assert row.pending in (NEEDS_DCN, NEEDS_GFLV2, NEEDS_VFNET, NEEDS_RETINANET), row
+        for name in row.configs:
+            assert name in CONFIGS, (row, name)
+            reproduces = CONFIGS[name].reproduces
+            assert f"{row.paper} paper" in reproduces and row.table in reproduces, (row, name, reproduces)
+    assert sizes == TABLE_SIZES
+    # and the other way: a config that says it reproduces a paper table is in that table's rows
+    for name, config in CONFIGS.items():
+        if " paper Table" in config.reproduces:
+            assert rows_of_config(name), name
 
 
 def test_paper_recipes():
@@ -30,14 +68,22 @@ def test_paper_recipes():
         if name.endswith("_r50_1x"):
             s, d = config.solver, config.data
             assert (s.batch_size, s.lr, s.momentum, s.weight_decay, s.warmup_iters) == (16, 0.01, 0.9, 1e-4, 500), name
-            assert (s.epochs, s.steps) == (12, (8, 11)), name
+            if config.head.family == "anchor_based":  # official ATSS / Dynamic ATSS: 90k iterations
+                assert (s.max_iters, s.steps) == (90_000, (60_000, 80_000)), name
+            else:  # official Pseudo-IoU (mmdetection epoch runner)
+                assert (s.max_iters, s.epochs, s.steps) == (None, 12, (8, 11)), name
             assert (d.max_size, config.backbone.name) == (1333, "resnet50"), name
             assert config.fpn.levels == (3, 4, 5, 6, 7) and config.fpn.out_channels == 256
             assert (config.head.width, config.head.depth, config.head.gn_groups) == (256, 4, 32)
             assert config.inference.score_threshold == 0.05
             assert config.inference.pre_nms_top_k == 1000 and config.inference.max_detections == 100
         if name.endswith("_2x"):
-            assert (config.solver.epochs, config.solver.steps, config.backbone.name) == (24, (16, 22), "resnet101")
+            s = config.solver
+            assert config.backbone.name in ("resnet101", "resnext101_64x4d"), name
+            if config.head.family == "anchor_based":
+                assert (s.max_iters, s.steps) == (180_000, (120_000, 160_000)), name
+            else:
+                assert (s.max_iters, s.epochs, s.steps) == (None, 24, (16, 22)), name
 
 
 def _coco_configs():
@@ -51,8 +97,39 @@ def test_every_coco_row_uses_the_official_optimiser_settings():
     for name, config in _coco_configs().items():
         s = config.solver
         assert (s.warmup, s.warmup_ratio, s.bias_lr_factor, s.bias_weight_decay) == ("constant", 1 / 3, 2.0, 0.0), name
-        assert s.warmup_iters == (1500 if name == "piou_giou_ctr_r101_2x" else 500), name
+        assert s.warmup_iters == (1500 if name in ("piou_giou_ctr_r101_2x", "af_baseline_r101_2x") else 500), name
         assert config.data.drop_empty_train, name
+
+
+def test_paper_configs_use_the_backbone_style_of_their_official_code():
+    """maskrcnn-benchmark (ATSS, Dynamic ATSS) and the Pseudo-IoU mmdetection configs train
+    Caffe-style ResNets from the MSRA / detectron weights; the demos keep torchvision style."""
+    for name, config in CONFIGS.items():
+        expected = "caffe" if config.data.dataset in ("coco", "voc") else "pytorch"
+        assert config.backbone.style == expected, name
+        if expected == "caffe":
+            assert (config.backbone.norm, config.backbone.frozen_stages) == ("frozen_bn", 1), name
+
+
+def test_voc_rows_follow_the_pseudo_iou_paper_text():
+    """P:133: R-101, 600 / 1000, 12 epochs with steps after 8 and 10, lr 0.01 at batch 16,
+    500 warmup iterations, flip only, NMS 0.5, focal + IoU loss (weight 1), VOC07 mAP."""
+    for name, config in CONFIGS.items():
+        if config.data.dataset != "voc":
+            continue
+        s, d = config.solver, config.data
+        assert config.backbone.name == "resnet101" and config.head.family == "anchor_free", name
+        assert (d.min_size, d.max_size, d.test_min_size, d.flip, d.metric) == ((600,), 1000, 600, 0.5, "voc07"), name
+        assert (d.voc_train_sets, d.voc_test_sets) == (("2007/trainval", "2012/trainval"), ("2007/test",)), name
+        assert (config.loss.cls, config.loss.box, config.loss.box_weight, config.head.quality) == (
+            "focal", "iou", 1.0, "none"), name
+        assert config.inference.nms_threshold == 0.5 and s.warmup_iters == 500 and s.max_iters is None, name
+        assert s.lr == pytest.approx(0.01 * s.batch_size / 16), name
+        assert s.steps == (round(s.epochs * 2 / 3), round(s.epochs * 5 / 6)), name
+    base = CONFIGS["voc_piou_t04_r101"].solver
+    assert (base.epochs, base.steps, base.batch_size, base.lr) == (12, (8, 10), 16, 0.01)
+    assert [CONFIGS[f"voc_piou_r101_e{e}"].solver.steps for e in (8, 16, 24)] == [(5, 7), (11, 13), (16, 20)]
+    assert [CONFIGS[f"voc_af_baseline_r101_b{b}"].solver.lr for b in (4, 6, 8)] == pytest.approx([0.0025, 0.00375, 0.005])
 
 
 def test_no_variant_loses_a_field_of_its_family_recipe():
@@ -118,9 +195,11 @@ def test_dynamic_weight_schedules():
 
 def test_lr_schedule():
     pytest.importorskip("torch")
+    from detector import engine
     from detector.engine import lr_factor
 
-    config = apply_overrides(CONFIGS["atss_r50_1x"], ["solver.warmup=linear", "solver.warmup_ratio=0.001"])
+    config = apply_overrides(CONFIGS["atss_r50_1x"], ["solver.warmup=linear", "solver.warmup_ratio=0.001",
+                                                      "solver.max_iters=none", "solver.steps=8,11"])
     # linear warmup from 0.001 over 500 its (mmdet), x0.1 at epochs 8 and 11
     assert lr_factor(config, 0, 100) == pytest.approx(0.001)
     assert lr_factor(config, 250, 100) == pytest.approx(0.001 + 0.999 * 0.5)
@@ -131,6 +210,19 @@ def test_lr_schedule():
     official = CONFIGS["atss_r50_1x"]  # constant warmup at 1/3 (the official codes)
     assert lr_factor(official, 0, 100) == lr_factor(official, 499, 100) == pytest.approx(1 / 3)
     assert lr_factor(official, 500, 100) == 1.0
+    # an iteration schedule: steps are iterations, whatever the epoch length
+    iters = apply_overrides(config, ["solver.max_iters=1000", "solver.steps=600,900"])
+    assert [lr_factor(iters, it, 7) for it in (599, 600, 899, 900)] == pytest.approx([1.0, 0.1, 0.1, 0.01])
+    assert engine.schedule_length(iters, 7) == 1000 and engine.schedule_length(config, 7) == 7 * 12
+
+
+def test_iteration_schedules_are_validated():
+    with pytest.raises(ValueError, match=r"solver.steps: with solver.max_iters=1000 the steps are iterations"):
+        apply_overrides(CONFIGS["demo"], ["solver.max_iters=1000", "solver.steps=8,1000"])
+    with pytest.raises(ValueError, match="solver.max_iters: expected a positive int"):
+        apply_overrides(CONFIGS["demo"], ["solver.max_iters=0", "solver.steps=()"])
+    config = apply_overrides(CONFIGS["demo"], ["solver.max_iters=none"])
+    assert config.solver.max_iters is None
 
 
 def test_overrides_are_parsed_by_type():

@@ -259,6 +259,9 @@ def test_list_configs(capsys):
     main(["--list"])
     printed = capsys.readouterr().out
     assert all(name in printed for name in configs.CONFIGS)
+    rows = printed.split("paper tables, row by row")[1]
+    assert "Dynamic ATSS Table 3\n  1 : 1 (39.75 AP): atss_ciou_r50_1x\n" in rows
+    assert "Pseudo-IoU Table 4\n" in rows and "Pseudo-IoU R-101-FPN-DCN (43.4 AP (test-dev)): none, needs deformable" in rows
 
 
 # ---------------------------------------------------------------------------------------
