@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from detector.data.loaders import DATASETS
 from detector.data.voc import parse_voc_set
 from detector.evaluation import METRICS
-from detector.losses import BOX_LOSSES, CLS_LOSSES, QUALITY_BRANCHES
+from detector.losses import BOX_LOSSES, CLS_LOSSES, QUALITY_BRANCHES, SOFT_TARGETS
 from detector.modeling.assigners import (
     ASSIGNERS,
     FAMILIES,
@@ -99,11 +99,18 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss choices (specs/losses.md §7); ``quality`` comes from ``HeadConfig``."""
+    """Loss choices (specs/losses.md §7); ``quality`` comes from ``HeadConfig``.
+
+    ``soft_target``: the soft target of "qfl" / "vfl" at the positives, one of
+    ``losses.SOFT_TARGETS``: "iou" (the IoU of the decoded prediction with its GT, GFL /
+    VFNet / Dynamic ATSS) or "assigner" (the assignment's ``matched_metric``: TAL's
+    normalised alignment, SimOTA's and DSL's IoUs).
+    """
 
     cls: str = "focal"
     box: str = "giou"
     box_weight: float = 2.0
+    soft_target: str = "iou"
 
 
 @dataclass(frozen=True)
@@ -260,6 +267,14 @@ def validate(config):
     choice(config.loss.cls, CLS_LOSSES, "loss.cls")
     choice(config.loss.box, BOX_LOSSES, "loss.box")
     choice(config.head.quality, QUALITY_BRANCHES, "head.quality")
+    choice(config.loss.soft_target, SOFT_TARGETS, "loss.soft_target")
+    if config.loss.soft_target == "assigner":
+        if config.loss.cls == "focal":
+            raise ValueError("loss.soft_target=assigner: soft targets need loss.cls=qfl or vfl (focal has hard targets)")
+        if not ASSIGNERS[config.assign.name].soft_targets:
+            with_targets = [name for name, row in ASSIGNERS.items() if row.soft_targets]
+            raise ValueError(f"loss.soft_target=assigner: assign.name={config.assign.name} gives no soft targets; "
+                             f"use one of {', '.join(with_targets) or '(none yet)'}, or loss.soft_target=iou")
     choice(config.inference.score_mode, SCORE_MODES, "inference.score_mode")
     choice(config.solver.warmup, WARMUPS, "solver.warmup")
     choice(config.solver.amp, AMP_MODES, "solver.amp")

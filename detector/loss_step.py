@@ -29,13 +29,15 @@ from detector.losses import (
     quality_focal_loss_unchecked,
     reduce_loss_sums,
     sigmoid_focal_loss_unchecked,
+    soft_target_scores,
     varifocal_loss_unchecked,
 )
 from detector.validation import as_boxes, as_finite, as_values, check_choice
 
 
 def loss_targets_batched(
-    pred_boxes, centers, matched_gt, gt_boxes, gt_labels, gt_valid, num_classes, cls_loss, quality, dtype
+    pred_boxes, centers, matched_gt, gt_boxes, gt_labels, gt_valid, num_classes, cls_loss, quality, dtype,
+    soft_targets=None,
 ):
     """Step 1 of the loss step: every target of a batch, as constants (specs/losses.md §7,
     specs/targets.md §2-§5).
@@ -52,6 +54,8 @@ def loss_targets_batched(
         quality: "centerness", "iou" or "none": the quality target (all ones for "none").
         dtype: floating dtype of the class targets, the label weights and the "none"
             quality target (the dtype of the classification logits).
+        soft_targets: (B, A) soft classification targets of "qfl" / "vfl" at the
+            positives (``losses.soft_target_scores``), or None for the IoU target.
 
     Returns:
         cls_targets: (B, A, K) in ``dtype``.
@@ -63,7 +67,7 @@ def loss_targets_batched(
     check_choice(cls_loss, CLS_LOSSES, "cls_loss")
     check_choice(quality, QUALITY_BRANCHES, "quality")
     ious = iou_targets_batched(pred_boxes, matched_gt, gt_boxes, gt_valid)
-    scores = None if cls_loss == "focal" else ious
+    scores = None if cls_loss == "focal" else ious if soft_targets is None else soft_target_scores(soft_targets, matched_gt)
     cls_t, label_weights = class_targets_batched(matched_gt, gt_labels, num_classes, scores, gt_valid, dtype=dtype)
     box_t = box_targets_batched(matched_gt, gt_boxes, gt_valid)
     positive = torch.as_tensor(matched_gt, device=pred_boxes.device) >= 0
@@ -88,6 +92,7 @@ def loss_sums_batched(
     cls_loss="focal",
     box_loss="giou",
     quality="centerness",
+    soft_targets=None,
 ):
     """Un-normalised loss sums of a batch, added over its images (specs/losses.md §7).
 
@@ -101,6 +106,8 @@ def loss_sums_batched(
         gt_labels: (B, G_max) classes in 0..K-1 at valid slots.
         gt_valid: (B, G_max) bool, or None for all valid.
         cls_loss, box_loss, quality: as ``losses.loss_sums``.
+        soft_targets: (B, A) soft classification targets of "qfl" / "vfl" at the
+            positives (an assigner's ``matched_metric``), or None for the IoU target.
 
     Returns:
         dict of 0-d tensors: ``num_pos`` (int64), ``cls``, ``box_weighted``,
@@ -127,7 +134,8 @@ def loss_sums_batched(
 
     # 1. targets (constants)
     cls_t, label_weights, box_t, quality_t, positive = loss_targets_batched(
-        pred_boxes, centers, matched_gt, gt_boxes, gt_labels, gt_valid, num_classes, cls_loss, quality, cls_logits.dtype
+        pred_boxes, centers, matched_gt, gt_boxes, gt_labels, gt_valid, num_classes, cls_loss, quality, cls_logits.dtype,
+        soft_targets,
     )
 
     # 2. classification: every anchor and class, IGNORE rows weighted 0 (inputs checked above)

@@ -32,6 +32,9 @@ BOX_LOSS_WEIGHT = 2.0
 CLS_LOSSES = ("focal", "qfl", "vfl")
 BOX_LOSSES = ("giou", "iou")
 QUALITY_BRANCHES = ("centerness", "iou", "none")
+#: Where "qfl" / "vfl" take their soft target (``loss.soft_target``): the IoU of the
+#: decoded prediction with its GT, or the assignment's ``matched_metric`` (``soft_targets``).
+SOFT_TARGETS = ("iou", "assigner")
 
 
 # ---------------------------------------------------------------------------------------
@@ -230,6 +233,7 @@ def loss_sums(
     cls_loss="focal",
     box_loss="giou",
     quality="centerness",
+    soft_targets=None,
 ):
     """Un-normalised loss sums of one image (specs/losses.md §7).
 
@@ -245,6 +249,9 @@ def loss_sums(
         cls_loss: "focal" (hard targets), "qfl" or "vfl" (soft targets = :func:`iou_targets`).
         box_loss: "giou" or "iou" ("log" mode).
         quality: "centerness", "iou" or "none": the quality branch and the box-loss weights.
+        soft_targets: (A,) soft classification targets in [0, 1] that "qfl" and "vfl" use
+            at the positives instead of the IoU target (an assigner's ``matched_metric``,
+            e.g. TAL's normalised alignment; specs/losses.md §7); None = the IoU target.
 
     Returns:
         dict of 0-d tensors: ``num_pos``; ``cls`` (sum over anchors and classes, IGNORE rows
@@ -273,7 +280,7 @@ def loss_sums(
 
     # 1. targets
     ious = iou_targets(pred_boxes, matched_gt, gt_boxes)
-    scores = None if cls_loss == "focal" else ious
+    scores = None if cls_loss == "focal" else ious if soft_targets is None else soft_target_scores(soft_targets, matched_gt)
     cls_t, label_weights = class_targets(matched_gt, gt_labels, num_classes, scores, dtype=cls_logits.dtype)
     box_t = box_targets(matched_gt, gt_boxes).to(pred_boxes.dtype)
     positive = torch.as_tensor(matched_gt, device=cls_logits.device) >= 0
@@ -311,6 +318,24 @@ def loss_sums(
     if quality != "none":
         sums["quality"] = bce_with_logits(quality_logits[positive], quality_t[positive]).sum()
     return sums
+
+
+def soft_target_scores(soft_targets, matched_gt):
+    """(..., A) floating: ``soft_targets`` at the positives of ``matched_gt``, 0 elsewhere
+    (one image (A,) or a batch (B, A), as ``matched_gt``).
+
+    Raises:
+        ValueError: not the shape of ``matched_gt``, non-finite, or a positive's target
+            outside [0, 1].
+    """
+    values = as_finite(soft_targets, "soft_targets")
+    positive = torch.as_tensor(matched_gt, device=values.device) >= 0
+    if values.shape != positive.shape:
+        raise ValueError(f"soft_targets: expected shape {tuple(positive.shape)}, got {tuple(values.shape)}")
+    inside = (values >= 0) & (values <= 1)
+    if not bool((inside | ~positive).all()):
+        raise ValueError("soft_targets: expected values in [0, 1] at the positives")
+    return torch.where(positive, values, torch.zeros_like(values))
 
 
 def reduce_loss_sums(sums, box_loss_weight=BOX_LOSS_WEIGHT):

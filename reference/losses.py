@@ -206,6 +206,7 @@ def loss_sums(
     cls_loss="focal",
     box_loss="giou",
     quality="centerness",
+    soft_targets=None,
 ):
     """Un-normalised loss sums of one image (specs/losses.md §7).
 
@@ -221,6 +222,9 @@ def loss_sums(
         cls_loss: "focal" (hard targets), "qfl" or "vfl" (soft targets = :func:`iou_targets`).
         box_loss: "giou" or "iou" ("log" mode).
         quality: "centerness", "iou" or "none": the quality branch and the box-loss weights.
+        soft_targets: (A,) soft classification targets in [0, 1] that "qfl" and "vfl" use
+            at the positives instead of the IoU target (an assigner's ``matched_metric``,
+            e.g. TAL's normalised alignment; specs/losses.md §7); None = the IoU target.
 
     Returns:
         dict of floats: ``num_pos``; ``cls`` (sum over anchors and classes, IGNORE rows
@@ -248,7 +252,7 @@ def loss_sums(
 
     # 1. targets
     ious = iou_targets(pred_boxes, matched_gt, gt_boxes)
-    scores = None if cls_loss == "focal" else ious
+    scores = None if cls_loss == "focal" else ious if soft_targets is None else soft_target_scores(soft_targets, matched_gt)
     cls_t, label_weights = class_targets(matched_gt, gt_labels, num_classes, scores)
     box_t = box_targets(matched_gt, gt_boxes)
     positive = np.asarray(matched_gt) >= 0
@@ -286,6 +290,20 @@ def loss_sums(
     if quality != "none":
         sums["quality"] = float(bce_with_logits(quality_logits[positive], quality_t[positive]).sum())
     return sums
+
+
+def soft_target_scores(soft_targets, matched_gt):
+    """(A,) float64: ``soft_targets`` at the positives of ``matched_gt``, 0 elsewhere.
+
+    Raises:
+        ValueError: not shape (A,), non-finite, or a positive's target outside [0, 1].
+    """
+    positive = np.asarray(matched_gt) >= 0
+    values = as_values(soft_targets, "soft_targets", ndim=1)
+    _check_rows(values, len(positive), "soft_targets")
+    if not ((values[positive] >= 0) & (values[positive] <= 1)).all():
+        raise ValueError("soft_targets: expected values in [0, 1] at the positives")
+    return np.where(positive, values, 0.0)
 
 
 def reduce_loss_sums(sums, box_loss_weight=BOX_LOSS_WEIGHT):

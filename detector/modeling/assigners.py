@@ -10,13 +10,16 @@ function and one row (specs/README.md, "How to add an assigner").
 
 Every ``run_*`` function has the same signature::
 
-    run(options, priors, targets, pred_boxes, iteration, max_iterations) -> Assignment
+    run(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations) -> Assignment
 
 with ``priors`` the batch's ``Priors``, ``targets`` its ``PaddedTargets`` (gt_boxes
-(B, G_max, 4), gt_valid (B, G_max)), ``pred_boxes`` the (B, A, 4) decoded, detached
-predicted boxes (read only by prediction-aware assigners), and the 0-based iteration of
-``max_iterations`` (read only by scheduled options). It returns the batched
-``Assignment`` (matched_gt (B, A)).
+(B, G_max, 4), gt_valid (B, G_max), gt_labels (B, G_max)), ``pred_boxes`` the (B, A, 4)
+decoded, detached predicted boxes (read only by prediction-aware assigners),
+``pred_scores`` the (B, A, K) detached class probabilities (sigmoid of the classification
+logits) or None (computed only for the rows with ``uses_scores``), and the 0-based
+iteration of ``max_iterations`` (read only by scheduled options). It returns the batched
+``Assignment`` (matched_gt (B, A), and matched_metric (B, A): for the assigners whose
+soft targets train the classifier, that target; specs/losses.md §7).
 """
 import math
 import typing
@@ -140,11 +143,11 @@ class FcosOptions:
 # runners: one direct call each
 
 
-def run_atss(options, priors, targets, pred_boxes, iteration, max_iterations):
+def run_atss(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations):
     return assign_atss_batched(priors.anchors, priors.num_per_level, targets.gt_boxes, targets.gt_valid, topk=options.topk)
 
 
-def run_dynamic_atss(options, priors, targets, pred_boxes, iteration, max_iterations):
+def run_dynamic_atss(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations):
     pred_weight, anchor_weight = dynamic_weights(options, iteration, max_iterations)
     return assign_dynamic_atss_batched(
         priors.anchors, priors.num_per_level, targets.gt_boxes, targets.gt_valid, pred_boxes,
@@ -152,32 +155,32 @@ def run_dynamic_atss(options, priors, targets, pred_boxes, iteration, max_iterat
     )
 
 
-def run_max_iou(options, priors, targets, pred_boxes, iteration, max_iterations):
+def run_max_iou(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations):
     return assign_max_iou_batched(
         priors.anchors, targets.gt_boxes, targets.gt_valid, pos_iou_thr=options.pos_iou_thr,
         neg_iou_thr=options.neg_iou_thr, min_pos_iou=options.min_pos_iou, match_low_quality=options.match_low_quality,
     )
 
 
-def run_all_inside(options, priors, targets, pred_boxes, iteration, max_iterations):
+def run_all_inside(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations):
     return assign_all_inside_batched(*_points_and_gts(priors, targets), **_levels(options, priors))
 
 
-def run_pseudo_iou(options, priors, targets, pred_boxes, iteration, max_iterations):
+def run_pseudo_iou(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations):
     return assign_pseudo_iou_batched(*_points_and_gts(priors, targets), **_levels(options, priors),
                                      threshold=options.threshold, inclusive=options.inclusive)
 
 
-def run_scaled_box(options, priors, targets, pred_boxes, iteration, max_iterations):
+def run_scaled_box(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations):
     return assign_scaled_box_batched(*_points_and_gts(priors, targets), **_levels(options, priors), scale=options.scale)
 
 
-def run_centerness(options, priors, targets, pred_boxes, iteration, max_iterations):
+def run_centerness(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations):
     return assign_centerness_batched(*_points_and_gts(priors, targets), **_levels(options, priors),
                                      threshold=options.threshold, inclusive=options.inclusive)
 
 
-def run_fcos(options, priors, targets, pred_boxes, iteration, max_iterations):
+def run_fcos(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations):
     return assign_fcos_batched(*_points_and_gts(priors, targets), **_levels(options, priors),
                                center_sampling=options.center_sampling, center_radius=options.center_radius)
 
@@ -194,8 +197,13 @@ class Assigner:
         name: the config's ``assign.name``.
         family: "anchor_based" (reads ``priors.anchors``) or "anchor_free" (``priors.points``).
         options: the options dataclass ``Config.assign`` holds for this assigner.
-        run: ``run(options, priors, targets, pred_boxes, iteration, max_iterations) -> Assignment``.
+        run: ``run(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations)
+            -> Assignment``.
         uses_predictions: whether ``run`` reads ``pred_boxes``.
+        uses_scores: whether ``run`` reads ``pred_scores`` (the objective computes them only
+            for these rows).
+        soft_targets: whether its ``matched_metric`` is a soft classification target in
+            [0, 1] (what ``loss.soft_target = "assigner"`` trains with).
     """
 
     name: str
@@ -203,6 +211,8 @@ class Assigner:
     options: type
     run: Callable
     uses_predictions: bool = False
+    uses_scores: bool = False
+    soft_targets: bool = False
 
 
 ASSIGNERS = {
@@ -228,14 +238,20 @@ def assigner_names(family=None):
     return tuple(name for name, row in ASSIGNERS.items() if family is None or row.family == family)
 
 
-def assign(options, priors, targets, pred_boxes, iteration=0, max_iterations=1):
+def assign(options, priors, targets, pred_boxes, iteration=0, max_iterations=1, *, pred_scores=None):
     """Run the assigner of ``options`` on a batch; see the module docstring for the arguments.
+
+    Raises:
+        ValueError: the assigner reads class scores and ``pred_scores`` is None.
 
     Returns:
         the batched ``Assignment`` (matched_gt (B, A), matched_metric (B, A), gt_threshold
         (B, G_max), candidate_index (B, G_max, C)).
     """
-    return ASSIGNERS[options.name].run(options, priors, targets, pred_boxes, iteration, max_iterations)
+    row = ASSIGNERS[options.name]
+    if row.uses_scores and pred_scores is None:
+        raise ValueError(f"assign: {row.name} reads the predicted class scores; pass pred_scores (B, A, K)")
+    return row.run(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations)
 
 
 def check_options(options, family, levels):

@@ -28,7 +28,7 @@ from detector import loss_step, losses
 from detector.assign.atss import assign_atss_batched
 from detector.batched_targets import ignore_regions_batched
 from detector.boxes import aligned_box_iou_unchecked
-from detector.modeling.assigners import DynamicAtssOptions, assign
+from detector.modeling.assigners import ASSIGNERS, DynamicAtssOptions, assign
 from detector.pseudo_iou import pseudo_iou_algorithm1
 
 
@@ -59,7 +59,8 @@ class DetectionObjective:
 
     Args:
         assign_options: ``Config.assign``, the options of one row of ``ASSIGNERS``.
-        loss: ``Config.loss`` (classification loss, box loss, box loss weight).
+        loss: ``Config.loss`` (classification loss, box loss, box loss weight, and where
+            "qfl" / "vfl" take their soft target: ``soft_target``).
         quality: ``Config.head.quality`` ("centerness", "iou" or "none").
         diagnostics: compute ``assignment_diagnostics`` every step.
     """
@@ -70,6 +71,8 @@ class DetectionObjective:
         self.box_loss = loss.box
         self.box_weight = loss.box_weight
         self.quality = quality
+        self.soft_target = loss.soft_target
+        self.uses_scores = ASSIGNERS[assign_options.name].uses_scores
         self.diagnostics = diagnostics
 
     def __call__(self, priors, outputs, targets, *, iteration=0, max_iterations=1, all_reduce_mean=None):
@@ -91,7 +94,9 @@ class DetectionObjective:
         pred_boxes = priors.decode(outputs.box_regression.float())  # (B, A, 4)
         # 2. assign and 3. ignore regions (constants for the loss)
         with torch.no_grad():
-            assignment = assign(self.assign_options, priors, targets, pred_boxes.detach(), iteration, max_iterations)
+            pred_scores = outputs.cls_logits.detach().float().sigmoid() if self.uses_scores else None  # (B, A, K)
+            assignment = assign(self.assign_options, priors, targets, pred_boxes.detach(), iteration, max_iterations,
+                                pred_scores=pred_scores)
             assignment = apply_ignore_regions(priors, assignment, targets)
         # 4. loss sums
         quality_logits = outputs.quality_logits.float() if outputs.quality_logits is not None else None
@@ -99,6 +104,7 @@ class DetectionObjective:
             outputs.cls_logits.float(), pred_boxes, quality_logits, priors.points, assignment.matched_gt,
             targets.gt_boxes, targets.gt_labels, targets.gt_valid,
             cls_loss=self.cls_loss, box_loss=self.box_loss, quality=self.quality,
+            soft_targets=assignment.matched_metric if self.soft_target == "assigner" else None,
         )
         num_pos = sums["num_pos"]
         box_loss_pos = sums["box_plain"].detach().double() / num_pos.clamp(min=1)  # float64: as Python floats

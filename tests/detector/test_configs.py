@@ -300,3 +300,12 @@ def test_configs_saved_with_the_flat_assign_section_still_load():
     assert from_dict(saved) == get_config("demo_piou", ["assign.threshold=0.3"])
     dynamic = to_dict(CONFIGS["demo"]) | {"assign": flat | {"name": "dynamic_atss", "pred_weight": 0.5}}
     assert from_dict(dynamic) == get_config("demo", ["assign.pred_weight=0.5"])
+
+
+def test_soft_target_choice_is_validated():
+    with pytest.raises(ValueError, match="loss.soft_target=assigner: soft targets need loss.cls=qfl or vfl"):
+        get_config("demo_atss", ["loss.soft_target=assigner"])
+    with pytest.raises(ValueError, match="loss.soft_target: expected one of iou, assigner"):
+        get_config("demo", ["loss.soft_target=alignment"])
+    with pytest.raises(ValueError, match="assign.name=dynamic_atss gives no soft targets"):
+        get_config("demo", ["loss.soft_target=assigner"])

@@ -138,9 +138,10 @@ def test_the_objective_decodes_once_and_the_assigner_reads_detached_boxes(monkey
 
     row = ASSIGNERS["dynamic_atss"]
 
-    def recording(options, priors, targets, pred_boxes, iteration, max_iterations):
+    def recording(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations):
         seen.append(pred_boxes)
-        return row.run(options, priors, targets, pred_boxes, iteration, max_iterations)
+        assert pred_scores is None  # Dynamic ATSS reads boxes only: no (B, A, K) sigmoid is computed for it
+        return row.run(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations)
 
     monkeypatch.setattr(Priors, "decode", counting_decode)
     monkeypatch.setitem(ASSIGNERS, "dynamic_atss", dataclasses.replace(row, run=recording))

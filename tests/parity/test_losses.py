@@ -17,6 +17,7 @@ from detector import loss_step as LS  # noqa: E402
 from detector import losses as DL  # noqa: E402
 from detector.coders import decode_deltas as torch_decode_deltas  # noqa: E402
 from reference import losses as RL  # noqa: E402
+from reference import targets as RT  # noqa: E402
 from reference.anchors import multi_level_anchors  # noqa: E402
 from reference.conventions import IGNORE  # noqa: E402
 from tests.strategies import gt_boxes, image_sizes, pred_deltas  # noqa: E402
@@ -218,3 +219,41 @@ def test_weighted_mean_matches_reference(values, data):
     np.testing.assert_allclose(numpy(actual), expected, **F64)
     for count in (0, 1, 7):
         assert float(DL.num_pos_normalizer(count)) == RL.num_pos_normalizer(count)
+
+
+@given(loss_batches(), st.sampled_from(("qfl", "vfl")), st.integers(0, 2**32 - 1))
+@settings(max_examples=30)
+def test_soft_targets_match_reference_batched_and_single(images, cls_loss, seed):
+    """An assigner's soft targets (``matched_metric``) replace the IoU target of QFL / VFL
+    identically in the reference, the single-image twin and the batched loss step."""
+    rng = np.random.default_rng(seed)
+    for image in images:  # soft targets in [0, 1]; garbage at non-positives must be ignored
+        image["soft_targets"] = np.where(image["matched_gt"] >= 0, rng.uniform(size=len(image["matched_gt"])), 7.0)
+    expected = []
+    for image in images:
+        expected.append(RL.loss_sums(**image, cls_loss=cls_loss, box_loss="giou", quality="centerness"))
+        single = DL.loss_sums(**{k: (torch.as_tensor(v) if k in ("matched_gt", "gt_labels") else tensor(v))
+                                 for k, v in image.items()}, cls_loss=cls_loss, box_loss="giou", quality="centerness")
+        np.testing.assert_allclose(numpy(single["cls"]), expected[-1]["cls"], **F64)
+    reference = RL.reduce_loss_sums(expected, 2.0)
+    batch = pad_batch([{k: v for k, v in image.items() if k != "soft_targets"} for image in images])
+    soft = torch.stack([tensor(image["soft_targets"]) for image in images])
+    actual = LS.detection_losses_batched(**batch, cls_loss=cls_loss, box_loss="giou", quality="centerness",
+                                         soft_targets=soft)
+    for key in reference:
+        np.testing.assert_allclose(numpy(actual[key]), reference[key], **F64, err_msg=key)
+    # the IoU target is what soft_targets=None means: passing the IoUs gives the default
+    image = dict(images[0])
+    ious = RT.iou_targets(image["pred_boxes"], image["matched_gt"], image["gt_boxes"])
+    default = RL.loss_sums(**{k: v for k, v in image.items() if k != "soft_targets"}, cls_loss=cls_loss)
+    assert RL.loss_sums(**(image | {"soft_targets": ious}), cls_loss=cls_loss) == pytest.approx(default)
+
+
+def test_soft_targets_outside_the_unit_interval_are_refused():
+    matched = np.array([0, -1])
+    with pytest.raises(ValueError, match=r"soft_targets: expected values in \[0, 1\] at the positives"):
+        RL.soft_target_scores(np.array([1.5, 0.0]), matched)
+    with pytest.raises(ValueError, match=r"soft_targets: expected values in \[0, 1\] at the positives"):
+        DL.soft_target_scores(torch.tensor([1.5, 0.0]), torch.as_tensor(matched))
+    assert RL.soft_target_scores(np.array([0.25, 9.0]), matched).tolist() == [0.25, 0.0]
+    assert DL.soft_target_scores(torch.tensor([0.25, 9.0]), torch.as_tensor(matched)).tolist() == [0.25, 0.0]
