@@ -33,7 +33,7 @@ def class_targets_batched(matched_gt, gt_labels, num_classes, scores=None, gt_va
     """
     num_classes = check_num_classes(num_classes)
     gt_labels = _as_index_tensor(gt_labels, "gt_labels", 2)
-    gt_valid = _check_gt_valid(gt_valid, gt_labels.shape)
+    gt_valid = _check_gt_valid(gt_valid, gt_labels.shape, device=gt_labels.device)
     bad = gt_valid & ((gt_labels < 0) | (gt_labels >= num_classes))
     if bool(bad.any()):
         row = _first(bad)
@@ -68,7 +68,7 @@ def box_targets_batched(matched_gt, gt_boxes, gt_valid=None):
         non-positives.
     """
     gt_boxes = as_boxes(gt_boxes, "gt_boxes", batched=True)
-    gt_valid = _check_gt_valid(gt_valid, gt_boxes.shape[:2])
+    gt_valid = _check_gt_valid(gt_valid, gt_boxes.shape[:2], device=gt_boxes.device)
     matched_gt = _check_matched_gt_batched(matched_gt, gt_valid)
     positive = (matched_gt >= 0)[..., None]
     return torch.where(positive, _gather(gt_boxes.detach(), matched_gt), 0.0)
@@ -143,7 +143,7 @@ def ignore_regions_batched(matched_gt, centers, ignore_boxes, ignore_valid):
         raise ValueError(f"centers: expected {num_anchors} rows to pair with matched_gt, got {len(centers)}")
     if ignore_boxes.shape[0] != batch:
         raise ValueError(f"ignore_boxes: expected {batch} images to pair with matched_gt, got {ignore_boxes.shape[0]}")
-    ignore_valid = _check_gt_valid(ignore_valid, ignore_boxes.shape[:2], "ignore_valid")
+    ignore_valid = _check_gt_valid(ignore_valid, ignore_boxes.shape[:2], "ignore_valid", device=ignore_boxes.device)
 
     device = matched_gt.device
     dtype = torch.promote_types(centers.dtype, ignore_boxes.dtype)
@@ -222,9 +222,11 @@ def _check_ignore_matched_gt(matched_gt):
     return tensor
 
 
-def _check_gt_valid(gt_valid, shape, name="gt_valid"):
+def _check_gt_valid(gt_valid, shape, name="gt_valid", device=None):
+    """``gt_valid`` checked as a bool tensor of ``shape``; None means all valid, made on
+    ``device`` (that of the tensor it masks)."""
     if gt_valid is None:
-        return torch.ones(tuple(shape), dtype=torch.bool)
+        return torch.ones(tuple(shape), dtype=torch.bool, device=device)
     gt_valid = torch.as_tensor(gt_valid)
     if gt_valid.dtype != torch.bool or tuple(gt_valid.shape) != tuple(shape):
         raise ValueError(

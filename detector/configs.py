@@ -36,6 +36,9 @@ from detector.modeling.assigners import (
     MaxIouOptions,
     PseudoIouOptions,
     ScaledBoxOptions,
+    SimotaOptions,
+    TalOptions,
+    DslOptions,
     assigner_names,
     check_options,
 )
@@ -62,6 +65,9 @@ class BackboneConfig:
     Pseudo-IoU freeze the stem and stage 1). ``tiny_widths``/``tiny_blocks``: channels and
     BasicBlocks per stage of the ``tiny`` backbone. ``style``: "pytorch" (torchvision) or
     "caffe" (MSRA/detectron ResNet: stride in the 1x1 conv, BGR 0-255 input; specs/model.md §1.1).
+    ``dcn_stages``: stages (1..4 = torchvision ``layer1``..``layer4`` = res2..res5) whose
+    Bottleneck 3x3 convs are modulated deformable convs (DCNv2; specs/model.md §1.2); the
+    papers' "-DCN" rows are ``backbone.dcn_stages=2,3,4`` (res3-res5), ``()`` is none.
     """
 
     name: str = "resnet50"
@@ -72,6 +78,7 @@ class BackboneConfig:
     tiny_widths: tuple = (16, 32, 64, 128)
     tiny_blocks: tuple = (1, 1, 1, 1)
     style: str = "pytorch"
+    dcn_stages: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,16 @@ class FPNConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """The shared head: two towers of ``depth`` x (3x3 conv + GN + ReLU) of ``width``."""
+    """The shared head: two towers of ``depth`` x (3x3 conv + GN + ReLU) of ``width``.
+
+    ``type``: one of ``modeling.head.HEAD_TYPES`` (specs/model.md §3.1): "atss" (the ATSS /
+    Pseudo-IoU head: 4 box values, optional quality branch), "gfl" (GFL: the box is the
+    integral of ``4 x (reg_max + 1)`` distribution logits; QFL + GIoU + DFL) or "gflv2"
+    (GFL plus the DGQP, whose quality multiplies the class score). "gfl" and "gflv2" need
+    ``family=anchor_based`` (one square anchor per location, for the assigner),
+    ``quality=none`` (the class score is the quality) and ``loss.cls=qfl``.
+    ``reg_max``: the largest bin of the GFL / GFLV2 distributions (16; ignored by "atss").
+    """
 
     family: str = "anchor_based"
     width: int = 256
@@ -95,6 +111,8 @@ class HeadConfig:
     prior_prob: float = 0.01
     quality: str = "centerness"
     anchor_scale: float = 8.0
+    type: str = "atss"
+    reg_max: int = 16
 
 
 @dataclass(frozen=True)
@@ -263,7 +281,25 @@ def validate(config):
     choice(config.backbone.name, BACKBONES, "backbone.name")
     choice(config.backbone.norm, NORMS, "backbone.norm")
     choice(config.backbone.style, BACKBONE_STYLES, "backbone.style")
+    dcn_stages = tuple(config.backbone.dcn_stages)
+    if any(isinstance(s, bool) or s not in (1, 2, 3, 4) for s in dcn_stages) or len(set(dcn_stages)) != len(dcn_stages):
+        raise ValueError(f"backbone.dcn_stages: expected distinct stages in 1..4 (e.g. 2,3,4), got {dcn_stages}")
+    if dcn_stages and config.backbone.name in ("tiny", "resnet18", "resnet34"):
+        raise ValueError(f"backbone.dcn_stages: backbone.name={config.backbone.name} has no Bottleneck 3x3 convs "
+                         "to make deformable; use resnet50/101 or a resnext101")
     choice(config.head.family, FAMILIES, "head.family")
+    from detector.modeling.head import HEAD_TYPES
+
+    choice(config.head.type, HEAD_TYPES, "head.type")
+    if config.head.type in ("gfl", "gflv2"):
+        needs = (("head.family", config.head.family, "anchor_based"), ("head.quality", config.head.quality, "none"),
+                 ("loss.cls", config.loss.cls, "qfl"))
+        for key, value, expected in needs:
+            if value != expected:
+                raise ValueError(f"{key}: head.type={config.head.type} needs {key}={expected}, got {value!r}")
+        reg_max = config.head.reg_max
+        if isinstance(reg_max, bool) or not isinstance(reg_max, int) or reg_max < 1:
+            raise ValueError(f"head.reg_max: expected an int >= 1, got {reg_max!r}")
     choice(config.loss.cls, CLS_LOSSES, "loss.cls")
     choice(config.loss.box, BOX_LOSSES, "loss.box")
     choice(config.head.quality, QUALITY_BRANCHES, "head.quality")
@@ -735,9 +771,65 @@ def _build_configs():
                     f"{piou} Table 3 row 'Pseudo-IoU + GIoU + centerness' as its text describes it (P:185)",
                     assign=PseudoIouOptions(), box="giou", quality="centerness"), data=COCO_DATA),
     ]
+    configs += _dcn_configs(dyn, piou, r101_2x, piou_r101_2x)
     configs += _voc_configs(piou)
+    configs += _prediction_aware_configs()
     configs += _demo_configs()
+    configs += _gfl_configs()
     return {c.name: validate(c) for c in configs}
+
+
+#: The papers' deformable-convolution rows: DCNv2 in the 3x3 convs of ResNet stages 2-4
+#: (res3-res5; maskrcnn-benchmark ``STAGE_WITH_DCN: (False, True, True, True)``,
+#: ``WITH_MODULATED_DCN: True``; specs/model.md §1.2).
+DCN_STAGES = (2, 3, 4)
+
+
+def _dcn_configs(dyn, piou, r101_2x, piou_r101_2x):
+    """Dynamic ATSS Table 5 and Pseudo-IoU Table 4 rows with DCN: the recipe of the same row
+    without DCN (R-50 1x, or R-101 / ResNeXt-101 2x) with ``backbone.dcn_stages``."""
+    def dcn(recipe, name):
+        return dict(recipe, backbone=replace(OFFICIAL_BACKBONE, name=name, dcn_stages=DCN_STAGES))
+
+    final = dict(assign=_dyn(), loss=LossConfig(cls="qfl"), quality="iou")
+    backbones = {"r101": ("resnet101", "R-101-DCN"), "x101_32x8d": ("resnext101_32x8d", "X-32x8d-101-DCN"),
+                 "x101_64x4d": ("resnext101_64x4d", "X-64x4d-101-DCN")}
+    configs = [
+        replace(_atss("atss_r50_dcn_1x", "ATSS R-50-DCN 1x", f"{dyn} Table 5 'ATSS* R-50-DCN 1x'"),
+                backbone=replace(OFFICIAL_BACKBONE, dcn_stages=DCN_STAGES)),
+        replace(_atss("dyn_atss_qfl_iou_r50_dcn_1x", "Dynamic ATSS final model, R-50-DCN 1x",
+                      f"{dyn} Table 5 'Dynamic ATSS R-50-DCN 1x'", **final),
+                backbone=replace(OFFICIAL_BACKBONE, dcn_stages=DCN_STAGES)),
+    ]
+    for tag, (network, label) in backbones.items():
+        configs += [
+            replace(_atss(f"atss_{tag}_dcn_2x", f"ATSS {label}, 2x, multi-scale 640-800",
+                          f"{dyn} Table 5 'ATSS {label} 2x'"), **dcn(r101_2x, network)),
+            replace(_atss(f"dyn_atss_qfl_iou_{tag}_dcn_2x", f"Dynamic ATSS final model, {label}, 2x, multi-scale 640-800",
+                          f"{dyn} Table 5 'Dynamic ATSS {label} 2x'", **final), **dcn(r101_2x, network)),
+            replace(_af(f"piou_giou_ctr_{tag}_dcn_2x", f"Pseudo-IoU + GIoU + centerness, {label}, 2x, 640-800 without flip",
+                        f"{piou} Table 4 'Pseudo-IoU {label}'", assign=PseudoIouOptions(), box="giou",
+                        quality="centerness"), **dcn(piou_r101_2x, network)),
+        ]
+    return configs
+
+
+#: The other prediction-aware assigners on the ATSS head (specs/tal.md, specs/simota.md,
+#: specs/dsl.md): QFL trained on the assigner's soft target (``loss.soft_target=assigner``),
+#: no separate quality branch (the class score is the quality, as TOOD, YOLOX and RTMDet
+#: train it), GIoU loss; everything else as ``atss_r50_1x``. TAL starts with ATSS for the
+#: first third of the schedule, TOOD's warm-up (4 of 12 epochs).
+PREDICTION_AWARE = {"tal": TalOptions(atss_warmup=1 / 3), "simota": SimotaOptions(), "dsl": DslOptions()}
+SOFT_TARGET_LOSS = LossConfig(cls="qfl", box="giou", box_weight=2.0, soft_target="assigner")
+
+
+def _prediction_aware_configs():
+    sources = {"tal": "TOOD (Feng et al., ICCV 2021)", "simota": "YOLOX (Ge et al., 2021)",
+               "dsl": "RTMDet (Lyu et al., 2022)"}
+    return [_atss(f"{name}_r50_1x", f"{name.upper() if name != 'simota' else 'SimOTA'} assignment on the ATSS head, "
+                  "QFL on its soft targets, no quality branch", f"{sources[name]} assigner on the ATSS head (no paper row)",
+                  assign=options, loss=SOFT_TARGET_LOSS, quality="none", score_mode="cls")
+            for name, options in PREDICTION_AWARE.items()]
 
 
 def _demo_configs():
@@ -779,7 +871,48 @@ def _demo_configs():
     study_piou = replace(demo_piou, name="study_piou", data=crowded, solver=study_solver,
                          description="study scale: tiny Pseudo-IoU anchor-free detector (T = 0.4) on crowded digits, CPU",
                          reproduces="study scale of the Pseudo-IoU paper's ablations (no paper row)")
-    return [demo, demo_atss, demo_piou, study_atss, study_piou]
+    prediction_aware = [
+        replace(demo, name=f"demo_{name}", assign=options, loss=SOFT_TARGET_LOSS,
+                head=replace(demo.head, quality="none"), inference=InferenceConfig(score_mode="cls"),
+                description=f"tiny detector with the {name} assigner (QFL on its soft targets) on digits, CPU")
+        for name, options in PREDICTION_AWARE.items()
+    ]
+    return [demo, demo_atss, demo_piou, study_atss, study_piou, *prediction_aware]
+
+
+def _gfl_configs():
+    """The GFL / GFLV2 heads (specs/model.md §3.1): the Dynamic ATSS paper's Table 4 GFLV2 rows.
+
+    COCO: the ATSS R-50 1x recipe of ``_atss`` (``COCO_DATA``, ``ATSS_SOLVER_1X``,
+    ``OFFICIAL_BACKBONE``) with the head of mmdetection's ``gfl_r50_fpn_1x_coco.py`` /
+    GFocalV2's ``gfocal_r50_fpn_1x.py`` (4 x 256 towers with GN 32, one 8 x stride anchor per
+    location, reg_max 16, QFL beta 2 with weight 1, GIoU weight 2, DFL weight 0.25, ATSS top-9;
+    GFLV2's DGQP with top-4 + mean and 64 hidden units; test: score 0.05, 1000 per level, NMS
+    0.6, 100 detections). Demos: the digits demo's tiny model and data (``_demo_configs``).
+    """
+    dyn = "Dynamic ATSS paper"
+    qfl = LossConfig(cls="qfl", box="giou", box_weight=2.0)
+
+    def gfl(name, description, reproduces, head_type, assign=None):
+        config = _atss(name, description, reproduces, assign=assign, loss=qfl, quality="none", score_mode="cls")
+        return replace(config, head=replace(config.head, type=head_type))
+
+    demo = next(c for c in _demo_configs() if c.name == "demo")
+    demo_gflv2 = replace(
+        demo, name="demo_gflv2", description="tiny GFLV2 detector (ATSS, joint QFL score, GIoU + DFL, DGQP) on digits, CPU",
+        reproduces="demo of the GFLV2 head (no paper row)", head=replace(demo.head, type="gflv2", quality="none"),
+        assign=AtssOptions(), loss=qfl, inference=replace(demo.inference, score_mode="cls"))
+    return [
+        gfl("gflv2_r50_1x", "GFLV2 head (distribution + DGQP, QFL/GIoU/DFL) trained with ATSS",
+            f"{dyn} Table 4 'GFLV2'", "gflv2"),
+        gfl("gflv2_ciou_r50_1x", "GFLV2 head with combined IoUs (Dynamic ATSS assignment on the distribution's boxes)",
+            f"{dyn} Table 4 'GFLV2+CIoUs'", "gflv2", assign=_dyn()),
+        gfl("gfl_r50_1x", "GFL head (distribution regression, QFL/GIoU/DFL, no DGQP) trained with ATSS",
+            "baseline (no paper row)", "gfl"),
+        demo_gflv2,
+        replace(demo_gflv2, name="demo_gflv2_ciou",
+                description="tiny GFLV2 detector with combined IoUs (Dynamic ATSS) on digits, CPU", assign=_dyn()),
+    ]
 
 
 #: The built-in dataset with many small, slender and overlapping objects (specs/study.md §2):

@@ -7,6 +7,11 @@ same order as the single-image twins. The sums are added over the images, so
 ``losses.reduce_loss_sums`` normalises the batch as a whole (specs/losses.md §6); they
 equal the sums of the per-image reference (parity tests).
 
+The GFL / GFLV2 heads have their own step, :func:`gfl_loss_sums_batched` then
+:func:`reduce_gfl_loss_sums` (specs/model.md §3.1): QFL on the class score (GFLV2: on the
+joint probability), GIoU and DFL over the positives weighted by their detached predicted
+score (mmdet's ``GFLHead``), each box term a weighted mean over the batch (specs/losses.md §6).
+
 Sums and terms are 0-d tensors; nothing here synchronises with the device except the input
 checks.
 """
@@ -19,6 +24,7 @@ from detector.batched_targets import (
     class_targets_batched,
     iou_targets_batched,
 )
+from detector.gfl import DFL_LOSS_WEIGHT, REG_MAX, distance_targets, distribution_focal_loss, weighted_dfl
 from detector.losses import (
     BOX_LOSS_WEIGHT,
     BOX_LOSSES,
@@ -26,6 +32,8 @@ from detector.losses import (
     QUALITY_BRANCHES,
     giou_loss,
     iou_loss,
+    _weighted_mean_of_sums,
+    quality_focal_loss_prob_unchecked,
     quality_focal_loss_unchecked,
     reduce_loss_sums,
     sigmoid_focal_loss_unchecked,
@@ -186,6 +194,134 @@ def detection_losses_batched(*args, box_loss_weight=BOX_LOSS_WEIGHT, **kwargs):
         unless ``quality == "none"``, ``loss_quality``; the objective is their sum.
     """
     return reduce_loss_sums(loss_sums_batched(*args, **kwargs), box_loss_weight)
+
+
+# ---------------------------------------------------------------------------------------
+# GFL / GFLV2 heads (specs/model.md §3.1, specs/gfl.md §7)
+
+
+def gfl_loss_sums_batched(
+    cls_logits,
+    box_logits,
+    pred_boxes,
+    points,
+    strides,
+    matched_gt,
+    gt_boxes,
+    gt_labels,
+    gt_valid=None,
+    *,
+    dgqp_quality=None,
+    reg_max=REG_MAX,
+    box_loss="giou",
+    dfl_weight=DFL_LOSS_WEIGHT,
+    soft_targets=None,
+):
+    """Un-normalised loss sums of a batch for the GFL (``dgqp_quality`` None) or GFLV2 head.
+
+    1. targets as :func:`loss_targets_batched` with "qfl" and no quality branch: the class
+       target is one-hot x the IoU of the detached decoded prediction with its GT (or
+       ``soft_targets``), the box target the GT;
+    2. classification: the score ``p`` is ``sigmoid(cls_logits)`` (GFL: QFL from the logits)
+       or the joint ``sigmoid(cls_logits) * dgqp_quality`` (GFLV2: QFL of the probability,
+       ``losses.quality_focal_loss_prob``), summed over anchors and classes with IGNORE
+       rows weighted 0;
+    3. each positive's weight ``w = max_k p[a, k]``, detached (mmdet ``weight_targets``);
+       the box loss (GIoU, or IoU) of the decoded boxes and the DFL of the distribution
+       logits against ``gfl.distance_targets`` of the GT (stride units, clamped to
+       ``reg_max - 0.1``), both weighted by ``w``; DFL is ``gfl.weighted_dfl`` (mean over the
+       4 sides, times ``dfl_weight``).
+
+    Args:
+        cls_logits: (B, A, K) classification logits.
+        box_logits: (B, A, 4 * (reg_max + 1)) distribution logits (gradients flow through DFL).
+        pred_boxes: (B, A, 4) boxes decoded from ``box_logits`` (gradients flow through the
+            box loss; the IoU target reads them detached).
+        points: (A, 2) anchor centres; strides: (A,) their levels' strides.
+        matched_gt, gt_boxes, gt_labels, gt_valid: as :func:`loss_sums_batched`.
+        dgqp_quality: (B, A) GFLV2's DGQP quality in [0, 1], or None (GFL).
+        reg_max: largest bin of the distributions.
+        box_loss: "giou" or "iou".
+        dfl_weight: DFL loss weight (0.25).
+        soft_targets: (B, A) soft class targets at the positives, or None for the IoU.
+
+    Returns:
+        dict of 0-d tensors: ``num_pos`` (int64), ``cls``, ``box_weighted`` (sum w * box
+        loss), ``box_weight`` (sum w), ``box_plain`` (sum of box losses), ``dfl_weighted``
+        (``dfl_weight * sum w * mean_s DFL``) and ``dfl_plain`` (the same with w = 1);
+        :func:`reduce_gfl_loss_sums` normalises them.
+    """
+    check_choice(box_loss, BOX_LOSSES, "box_loss")
+    cls_logits = as_finite(cls_logits, "cls_logits")
+    if cls_logits.ndim != 3:
+        raise ValueError(f"cls_logits: expected shape (B, A, K), got {tuple(cls_logits.shape)}")
+    batch, num_anchors, num_classes = cls_logits.shape
+    box_logits = as_finite(box_logits, "box_logits")
+    _check_shape(box_logits, (batch, num_anchors, 4 * (reg_max + 1)), "box_logits")
+    pred_boxes = as_boxes(pred_boxes, "pred_boxes", batched=True)
+    _check_shape(pred_boxes, (batch, num_anchors, 4), "pred_boxes")
+    if dgqp_quality is not None:
+        dgqp_quality = as_values(dgqp_quality, "dgqp_quality", ndim=2)
+        _check_shape(dgqp_quality, (batch, num_anchors), "dgqp_quality")
+
+    # 1. targets (constants)
+    cls_t, label_weights, box_t, _, positive = loss_targets_batched(
+        pred_boxes, points, matched_gt, gt_boxes, gt_labels, gt_valid, num_classes, "qfl", "none", cls_logits.dtype,
+        soft_targets,
+    )
+
+    # 2. classification on the class score (GFL) or the joint probability (GFLV2)
+    if dgqp_quality is None:
+        scores = torch.sigmoid(cls_logits)
+        cls_elem = quality_focal_loss_unchecked(cls_logits, cls_t)
+    else:
+        scores = torch.sigmoid(cls_logits) * dgqp_quality[..., None]
+        cls_elem = quality_focal_loss_prob_unchecked(scores, cls_t)
+    cls_sum = (label_weights[..., None] * cls_elem).sum()
+
+    # 3. positives: weights, box loss, DFL
+    index = torch.nonzero(positive.reshape(-1)).flatten()
+    weights = scores.detach().reshape(-1, num_classes).index_select(0, index).max(dim=1).values
+    pos_pred = pred_boxes.reshape(-1, 4).index_select(0, index)
+    pos_target = box_t.reshape(-1, 4).index_select(0, index).to(pred_boxes.dtype)
+    box_elem = giou_loss(pos_pred, pos_target) if box_loss == "giou" else iou_loss(pos_pred, pos_target)
+    location = index % num_anchors
+    pos_points = torch.as_tensor(points, dtype=pred_boxes.dtype, device=pred_boxes.device).index_select(0, location)
+    pos_strides = torch.as_tensor(strides, dtype=pred_boxes.dtype, device=pred_boxes.device).index_select(0, location)
+    distances = distance_targets(pos_points, pos_strides, pos_target, reg_max)
+    pos_logits = box_logits.reshape(-1, 4 * (reg_max + 1)).index_select(0, index)
+    dfl = distribution_focal_loss(pos_logits, distances, reg_max)
+    weights = weights.to(box_elem.dtype)
+    return {
+        "num_pos": positive.sum(),
+        "cls": cls_sum,
+        "box_weighted": (weights * box_elem).sum(),
+        "box_weight": weights.sum(),
+        "box_plain": box_elem.sum(),
+        "dfl_weighted": weighted_dfl(dfl, weights, dfl_weight),
+        "dfl_plain": weighted_dfl(dfl, torch.ones_like(weights), dfl_weight),
+    }
+
+
+def reduce_gfl_loss_sums(sums, box_loss_weight=BOX_LOSS_WEIGHT):
+    """Normalise :func:`gfl_loss_sums_batched` sums into the GFL head's loss terms.
+
+    ``loss_cls = cls / max(num_pos, 1)``; ``loss_box = box_loss_weight * box_weighted /
+    box_weight`` and ``loss_dfl = dfl_weighted / box_weight``: both box terms are means over
+    the batch's positives weighted by their predicted scores, with specs/losses.md §6's
+    fallbacks (the unweighted means ``box_plain / num_pos``, ``dfl_plain / num_pos`` where
+    ``box_weight == 0``; 0 without positives). mmdet's ``GFLHead`` divides by
+    ``max(box_weight, 1)`` instead: the same whenever the (process-averaged) sum of the
+    weights is at least 1; below 1 its terms are ``box_weight`` times ours.
+
+    Returns:
+        dict of 0-d tensors ``loss_cls``, ``loss_box``, ``loss_dfl``; the objective is their sum.
+    """
+    terms = reduce_loss_sums({key: sums[key] for key in ("num_pos", "cls", "box_weighted", "box_weight", "box_plain")},
+                             box_loss_weight)
+    count = torch.as_tensor(sums["num_pos"]).to(sums["dfl_plain"].dtype)
+    terms["loss_dfl"] = _weighted_mean_of_sums(sums["dfl_weighted"], sums["box_weight"], sums["dfl_plain"], count)
+    return terms
 
 
 # ---------------------------------------------------------------------------------------

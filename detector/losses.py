@@ -32,6 +32,9 @@ BOX_LOSS_WEIGHT = 2.0
 CLS_LOSSES = ("focal", "qfl", "vfl")
 BOX_LOSSES = ("giou", "iou")
 QUALITY_BRANCHES = ("centerness", "iou", "none")
+#: Probability-form BCE (GFLV2's joint score): each log-probability is clamped below at
+#: this value, as PyTorch's ``binary_cross_entropy`` (which GFocalV2's QFL calls).
+PROB_LOG_MIN = -100.0
 #: Where "qfl" / "vfl" take their soft target (``loss.soft_target``): the IoU of the
 #: decoded prediction with its GT, or the assignment's ``matched_metric`` (``soft_targets``).
 SOFT_TARGETS = ("iou", "assigner")
@@ -111,6 +114,35 @@ def quality_focal_loss_unchecked(logits, targets, beta=QFL_BETA):
     """:func:`quality_focal_loss` of inputs already checked (float tensors of one shape)."""
     modulator = (targets - torch.sigmoid(logits)).abs().pow(beta)
     return modulator * F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+
+
+def quality_focal_loss_prob(probs, targets, beta=QFL_BETA):
+    """Quality focal loss of probabilities (GFLV2's joint score), elementwise (specs/losses.md §3.1).
+
+    ``|y - p| ** beta * BCE_p(p, y)`` with ``BCE_p(p, y) = -(y max(ln p, -100) + (1 - y)
+    max(ln(1 - p), -100))``: ``F.binary_cross_entropy`` (GFocalV2
+    ``QualityFocalLoss(use_sigmoid=False)``). Equals :func:`quality_focal_loss` of
+    ``logit(p)`` wherever neither log is clamped.
+
+    Args:
+        probs: any shape, probabilities in [0, 1] (0 and 1 included: the clamp keeps them finite).
+        targets: same shape, soft targets in [0, 1].
+        beta: exponent >= 0.
+
+    Returns:
+        tensor of that shape, >= 0, with finite gradients w.r.t. ``probs`` everywhere in
+        [0, 1] (PyTorch's BCE backward divides by ``max(p (1 - p), 1e-12)``). The modulating
+        factor is not detached (GFocalV2).
+    """
+    probs, targets = _probs_and_targets(probs, targets)
+    check_exponent(beta, "beta")
+    return quality_focal_loss_prob_unchecked(probs, targets, beta)
+
+
+def quality_focal_loss_prob_unchecked(probs, targets, beta=QFL_BETA):
+    """:func:`quality_focal_loss_prob` of inputs already checked (float tensors of one shape, in [0, 1])."""
+    modulator = (targets - probs).abs().pow(beta)
+    return modulator * F.binary_cross_entropy(probs, targets, reduction="none")
 
 
 def varifocal_loss(logits, targets, alpha=VFL_ALPHA, gamma=VFL_GAMMA, iou_weighted=True):
@@ -409,6 +441,19 @@ def _logits_and_targets(logits, targets):
         index = tuple(torch.nonzero(bad)[0].tolist())
         raise ValueError(f"targets: element {index} is {float(targets[index])}, expected a value in [0, 1]")
     return logits, targets
+
+
+def _probs_and_targets(probs, targets):
+    probs = as_finite(probs, "probs")
+    targets = as_finite(targets, "targets").to(probs.dtype)
+    if probs.shape != targets.shape:
+        raise ValueError(f"targets: expected shape {tuple(probs.shape)} to match probs, got {tuple(targets.shape)}")
+    for name, values in (("probs", probs), ("targets", targets)):
+        bad = (values < 0) | (values > 1)
+        if bad.any():
+            index = tuple(torch.nonzero(bad)[0].tolist())
+            raise ValueError(f"{name}: element {index} is {float(values[index])}, expected a value in [0, 1]")
+    return probs, targets
 
 
 def _check_rows(tensor, count, name):

@@ -26,6 +26,9 @@ BOX_LOSS_WEIGHT = 2.0
 CLS_LOSSES = ("focal", "qfl", "vfl")
 BOX_LOSSES = ("giou", "iou")
 QUALITY_BRANCHES = ("centerness", "iou", "none")
+#: Probability-form BCE (GFLV2's joint score): each log-probability is clamped below at
+#: this value, as PyTorch's ``binary_cross_entropy`` (which GFocalV2's QFL calls).
+PROB_LOG_MIN = -100.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -93,6 +96,30 @@ def quality_focal_loss(logits, targets, beta=QFL_BETA):
     logits, targets = _logits_and_targets(logits, targets)
     check_exponent(beta, "beta")
     return np.abs(targets - _sigmoid(logits)) ** beta * _bce(logits, targets)
+
+
+def quality_focal_loss_prob(probs, targets, beta=QFL_BETA):
+    """Quality focal loss of probabilities (GFLV2's joint score), elementwise (specs/losses.md §3.1).
+
+    ``|y - p| ** beta * BCE_p(p, y)`` with ``BCE_p(p, y) = -(y max(ln p, -100) + (1 - y)
+    max(ln(1 - p), -100))``: the probability-space BCE of PyTorch's ``binary_cross_entropy``
+    (GFocalV2 ``QualityFocalLoss(use_sigmoid=False)``). Equals :func:`quality_focal_loss` of
+    ``logit(p)`` wherever neither log is clamped.
+
+    Args:
+        probs: any shape, probabilities in [0, 1] (0 and 1 included: the clamp keeps them finite).
+        targets: same shape, soft targets in [0, 1].
+        beta: exponent >= 0.
+
+    Returns:
+        float64 array of that shape, >= 0.
+    """
+    probs, targets = _probs_and_targets(probs, targets)
+    check_exponent(beta, "beta")
+    with np.errstate(divide="ignore"):
+        log_p = np.maximum(np.log(probs), PROB_LOG_MIN)
+        log_not_p = np.maximum(np.log1p(-probs), PROB_LOG_MIN)
+    return np.abs(targets - probs) ** beta * -(targets * log_p + (1.0 - targets) * log_not_p)
 
 
 def varifocal_loss(logits, targets, alpha=VFL_ALPHA, gamma=VFL_GAMMA, iou_weighted=True):
@@ -384,6 +411,19 @@ def _logits_and_targets(logits, targets):
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"targets: element {index} is {targets[index]}, expected a value in [0, 1]")
     return logits, targets
+
+
+def _probs_and_targets(probs, targets):
+    probs = as_finite(probs, "probs")
+    targets = as_finite(targets, "targets")
+    if probs.shape != targets.shape:
+        raise ValueError(f"targets: expected shape {probs.shape} to match probs, got {targets.shape}")
+    for name, values in (("probs", probs), ("targets", targets)):
+        bad = (values < 0) | (values > 1)
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{name}: element {index} is {values[index]}, expected a value in [0, 1]")
+    return probs, targets
 
 
 def _check_rows(array, count, name):

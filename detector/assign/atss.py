@@ -24,7 +24,14 @@ import math
 import numpy as np
 import torch
 
-from detector.assign.batching import DEFAULT_MAX_ELEMENTS, as_padded_batch, finish_batch, gather_boxes, one_image
+from detector.assign.batching import (
+    DEFAULT_MAX_ELEMENTS,
+    as_padded_batch,
+    finish_batch,
+    gather_boxes,
+    one_image,
+    sequential_sum,
+)
 from detector.assign.nearest import nearest_anchors
 from detector.boxes import _centers, aligned_box_iou_unchecked
 from detector.conventions import ATSS_INSIDE_EPS, ATSS_TOPK, BACKGROUND
@@ -187,11 +194,11 @@ def mean_plus_std_threshold(values):
     count = values.shape[-1]
     if count == 0:
         return torch.full(values.shape[:-1], math.nan, dtype=values.dtype, device=values.device)
-    mean = values.cumsum(dim=-1)[..., -1] / count
+    mean = sequential_sum(values) / count
     if count == 1:
         return mean + 0.0
     deviation = values - mean[..., None]
-    variance = (deviation * deviation).cumsum(dim=-1)[..., -1] / (count - 1)
+    variance = sequential_sum(deviation * deviation) / (count - 1)
     return mean + _ieee_sqrt(variance)
 
 

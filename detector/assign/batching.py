@@ -98,3 +98,27 @@ def finish_batch(matched_gt, matched_metric, threshold, candidate_index, gt_vali
     threshold = torch.where(gt_valid, threshold, math.nan)
     candidate_index = torch.where(gt_valid[..., None], candidate_index, -1)
     return Assignment(matched_gt, matched_metric, threshold, candidate_index)
+
+
+def sequential_sum(values):
+    """Sum over the last dimension, strictly left to right, on every device: (..., C) -> (...).
+
+    The references sum candidates in order (``np.cumsum(...)[..., -1]``); torch's CPU
+    ``cumsum`` does the same, but CUDA's is a parallel scan whose rounding differs, which
+    moved float64 ATSS thresholds by an ulp on a GPU (a GT whose candidates all had one IoU
+    lost every positive). Off the CPU the C additions are done one column at a time (C is
+    the number of candidates of a GT: a few dozen at most).
+    """
+    if values.shape[-1] == 0:
+        return values.sum(dim=-1)
+    if values.device.type == "cpu":
+        return values.cumsum(dim=-1)[..., -1]
+    return column_by_column_sum(values)
+
+
+def column_by_column_sum(values):
+    """(..., C) -> (...): ``((v0 + v1) + v2) + ...``, one column at a time (C >= 1)."""
+    total = values[..., 0]
+    for column in range(1, values.shape[-1]):
+        total = total + values[..., column]
+    return total

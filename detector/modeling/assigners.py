@@ -34,8 +34,17 @@ from detector.assign.anchor_free import (
     assign_scaled_box_batched,
 )
 from detector.assign.atss import assign_atss_batched
+from detector.assign.dsl import DSL_IOU_WEIGHT, DSL_SOFT_CENTER_RADIUS, DSL_TOPK, assign_dsl_batched
 from detector.assign.dynamic_atss import DYNAMIC_WEIGHT_SCHEDULES, assign_dynamic_atss_batched, dynamic_weight
 from detector.assign.max_iou import assign_max_iou_batched
+from detector.assign.simota import (
+    SIMOTA_CANDIDATE_TOPK,
+    SIMOTA_CENTER_RADIUS,
+    SIMOTA_CLS_WEIGHT,
+    SIMOTA_IOU_WEIGHT,
+    assign_simota_batched,
+)
+from detector.assign.tal import TAL_ALPHA, TAL_BETA, TAL_TOPK, assign_tal_batched
 from detector.conventions import ATSS_TOPK, FCOS_CENTER_RADIUS, FCOS_REGRESS_RANGES
 
 #: Pyramid families: anchor boxes (delta-xywh box codes) or points (ltrb distances).
@@ -139,6 +148,51 @@ class FcosOptions:
     regress_ranges: Optional[tuple] = None
 
 
+@dataclass(frozen=True)
+class TalOptions:
+    """TOOD's task-aligned assignment (specs/tal.md): alignment t = score^``alpha`` x
+    IoU^``beta`` of the predicted box; each GT's ``topk`` anchors by t among those whose
+    centre is inside it; soft target: t normalised per GT to its best positive's IoU.
+
+    ``atss_warmup``: the fraction of the schedule (0 <= f < 1) trained with ATSS (``topk``
+    9) before TAL starts, TOOD's warm-up (its code: the first 4 of 12 epochs, 1/3); during
+    it the soft target is ATSS's anchor IoU, as TOOD's initial assigner gives.
+    """
+
+    name: str = field(default="tal", init=False)
+    topk: int = TAL_TOPK
+    alpha: float = TAL_ALPHA
+    beta: float = TAL_BETA
+    atss_warmup: float = 0.0
+
+
+@dataclass(frozen=True)
+class SimotaOptions:
+    """SimOTA (YOLOX; specs/simota.md): candidates in a GT or within ``center_radius``
+    strides of its centre; cost = ``cls_weight`` x BCE(score, one-hot) + ``iou_weight`` x
+    (-log IoU) (+ a large cost outside box-and-centre); each GT takes its dynamic-k
+    (sum of its ``candidate_topk`` best IoUs) cheapest anchors; soft target: the IoU."""
+
+    name: str = field(default="simota", init=False)
+    center_radius: float = SIMOTA_CENTER_RADIUS
+    candidate_topk: int = SIMOTA_CANDIDATE_TOPK
+    iou_weight: float = SIMOTA_IOU_WEIGHT
+    cls_weight: float = SIMOTA_CLS_WEIGHT
+
+
+@dataclass(frozen=True)
+class DslOptions:
+    """RTMDet's dynamic soft-label assignment (specs/dsl.md): priors inside a GT; cost =
+    soft classification cost + ``iou_weight`` x (-log IoU) + the soft centre prior
+    10^(distance / stride - ``soft_center_radius``); each GT takes its dynamic-k (sum of its
+    ``topk`` best IoUs) cheapest priors; soft target: the IoU."""
+
+    name: str = field(default="dsl", init=False)
+    topk: int = DSL_TOPK
+    soft_center_radius: float = DSL_SOFT_CENTER_RADIUS
+    iou_weight: float = DSL_IOU_WEIGHT
+
+
 # ---------------------------------------------------------------------------------------
 # runners: one direct call each
 
@@ -159,6 +213,28 @@ def run_max_iou(options, priors, targets, pred_boxes, pred_scores, iteration, ma
     return assign_max_iou_batched(
         priors.anchors, targets.gt_boxes, targets.gt_valid, pos_iou_thr=options.pos_iou_thr,
         neg_iou_thr=options.neg_iou_thr, min_pos_iou=options.min_pos_iou, match_low_quality=options.match_low_quality,
+    )
+
+
+def run_tal(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations):
+    if iteration < options.atss_warmup * max_iterations:  # TOOD's warm-up: ATSS first
+        return assign_atss_batched(priors.anchors, priors.num_per_level, targets.gt_boxes, targets.gt_valid, topk=ATSS_TOPK)
+    return assign_tal_batched(priors.anchors, targets.gt_boxes, targets.gt_valid, targets.gt_labels, pred_scores,
+                              pred_boxes, topk=options.topk, alpha=options.alpha, beta=options.beta)
+
+
+def run_simota(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations):
+    return assign_simota_batched(
+        priors.anchors, priors.num_per_level, targets.gt_boxes, targets.gt_valid, targets.gt_labels, pred_boxes,
+        pred_scores, center_radius=options.center_radius, candidate_topk=options.candidate_topk,
+        iou_weight=options.iou_weight, cls_weight=options.cls_weight,
+    )
+
+
+def run_dsl(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations):
+    return assign_dsl_batched(
+        priors.anchors, priors.num_per_level, targets.gt_boxes, targets.gt_valid, targets.gt_labels, pred_boxes,
+        pred_scores, topk=options.topk, soft_center_radius=options.soft_center_radius, iou_weight=options.iou_weight,
     )
 
 
@@ -221,6 +297,12 @@ ASSIGNERS = {
         Assigner("atss", "anchor_based", AtssOptions, run_atss),
         Assigner("dynamic_atss", "anchor_based", DynamicAtssOptions, run_dynamic_atss, uses_predictions=True),
         Assigner("max_iou", "anchor_based", MaxIouOptions, run_max_iou),
+        Assigner("dsl", "anchor_based", DslOptions, run_dsl, uses_predictions=True, uses_scores=True,
+                 soft_targets=True),
+        Assigner("tal", "anchor_based", TalOptions, run_tal, uses_predictions=True, uses_scores=True,
+                 soft_targets=True),
+        Assigner("simota", "anchor_based", SimotaOptions, run_simota, uses_predictions=True, uses_scores=True,
+                 soft_targets=True),
         Assigner("all_inside", "anchor_free", AllInsideOptions, run_all_inside),
         Assigner("pseudo_iou", "anchor_free", PseudoIouOptions, run_pseudo_iou),
         Assigner("scaled_box", "anchor_free", ScaledBoxOptions, run_scaled_box),
@@ -264,6 +346,8 @@ def check_options(options, family, levels):
     if row.family != family:
         raise ValueError(f"assign.name: {row.name} needs head.family={row.family}; expected one of "
                          f"{', '.join(assigner_names(family))} for head.family={family}")
+    if isinstance(options, TalOptions) and not 0.0 <= options.atss_warmup < 1.0:
+        raise ValueError(f"assign.atss_warmup: expected a fraction of the schedule in [0, 1), got {options.atss_warmup}")
     if isinstance(options, DynamicAtssOptions):
         for key in ("pred_weight_schedule", "anchor_weight_schedule"):
             if getattr(options, key) not in WEIGHT_SCHEDULES:

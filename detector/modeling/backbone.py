@@ -9,6 +9,10 @@ Caffe2/detectron ``.pkl`` of numpy arrays (``R-50.pkl``), converted to torchvisi
 ``backbone.style`` "caffe" (specs/model.md §1.1) is the MSRA/detectron ResNet: downsampling
 Bottlenecks stride in their first 1x1 conv, and the input is BGR in [0, 255] minus the
 Caffe pixel mean (``Normalize.for_style`` in ``detector/data/transforms.py``).
+
+``backbone.dcn_stages`` (specs/model.md §1.2) replaces the 3x3 ``conv2`` of every Bottleneck
+of the named stages (1..4 = ``layer1``..``layer4``; the papers' "-DCN" rows use 2, 3, 4) by a
+modulated deformable convolution (DCNv2, ``ModulatedDeformConv3x3``).
 """
 import codecs
 import logging
@@ -21,6 +25,7 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.ops import deform_conv2d
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 try:  # numpy >= 2
@@ -51,6 +56,9 @@ BACKBONE_STYLES = ("pytorch", "caffe")
 #: ``STRIDE_IN_1X1=True``). ResNeXt keeps it on the 3x3 conv2, as maskrcnn-benchmark's ResNeXt
 #: configs and the detectron X-101 weights do; BasicBlock nets have no 1x1 conv1.
 STRIDE_IN_1X1_NETWORKS = ("resnet50", "resnet101")
+#: Networks whose stages are Bottlenecks, the only blocks ``backbone.dcn_stages`` applies to
+#: (maskrcnn-benchmark and mmdetection implement DCN for Bottlenecks only).
+DCN_NETWORKS = ("resnet50", "resnet101", "resnext101_32x8d", "resnext101_64x4d")
 
 
 def norm_layer_factory(norm, gn_groups=32):
@@ -104,6 +112,86 @@ class ResNetBackbone(nn.Module):
         return [c3, c4, c5]
 
 
+class ModulatedDeformConv3x3(nn.Module):
+    """A modulated deformable 3x3 convolution (DCNv2) replacing the plain ``nn.Conv2d`` ``conv``.
+
+    It keeps ``conv``'s ``weight`` (C_out, C_in / groups, 3, 3) and ``bias`` (None for
+    ResNets) under the same names, with its stride, padding, dilation and groups, so the
+    state-dict keys of a plain network (``layerN.i.conv2.weight``) still name the same
+    tensors. ``offset_mask`` is a plain conv of the same geometry (C_in -> 27 channels, one
+    deformable group, with bias) on the same input; its output holds, per output location,
+    18 offsets (``(dy, dx)`` for each of the 9 kernel taps, in torchvision's
+    ``deform_conv2d`` layout) and 9 mask logits, which a sigmoid turns into the modulation
+    mask (the split of maskrcnn-benchmark's / ATSS's ``DFConv2d`` and mmcv's
+    ``ModulatedDeformConv2dPack``). ``offset_mask`` starts at zero (DCNv2, mmcv), so the
+    initial layer samples the regular grid with mask sigmoid(0) = 0.5: exactly half the
+    plain conv (the bias, if any, is added unmodulated).
+    """
+
+    def __init__(self, conv):
+        super().__init__()
+        if tuple(conv.kernel_size) != (3, 3):
+            raise ValueError(f"ModulatedDeformConv3x3: expected a 3x3 conv, got kernel {tuple(conv.kernel_size)}")
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size = tuple(conv.kernel_size)
+        self.stride, self.padding = tuple(conv.stride), tuple(conv.padding)
+        self.dilation, self.groups = tuple(conv.dilation), conv.groups
+        self.weight = conv.weight
+        self.bias = conv.bias  # None or the conv's Parameter
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        self.offset_mask = nn.Conv2d(conv.in_channels, 3 * taps, self.kernel_size, stride=self.stride,
+                                     padding=self.padding, dilation=self.dilation, bias=True)
+        self.reset_offset_mask()
+
+    def reset_offset_mask(self):
+        """Zero the offset/mask predictor: regular sampling grid, mask 0.5."""
+        nn.init.zeros_(self.offset_mask.weight)
+        nn.init.zeros_(self.offset_mask.bias)
+
+    def offsets_and_mask(self, x):
+        """x (B, C_in, H, W) -> offset (B, 18, H_out, W_out), mask (B, 9, H_out, W_out) in (0, 1)."""
+        out = self.offset_mask(x)
+        taps = out.shape[1] // 3
+        return out[:, :2 * taps], out[:, 2 * taps:].sigmoid()
+
+    def forward(self, x):
+        offset, mask = self.offsets_and_mask(x)
+        weight, bias = self.weight, self.bias
+        if torch.is_autocast_enabled(x.device.type):
+            # deform_conv2d runs in float32 under autocast and returns the input's dtype (what
+            # torchvision's CUDA autocast rule does; its CPU kernel has no autocast rule and
+            # would fail on the mixed float32/bfloat16 operands)
+            dtype = x.dtype
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                out = deform_conv2d(x.float(), offset.float(), weight.float(), None if bias is None else bias.float(),
+                                    stride=self.stride, padding=self.padding, dilation=self.dilation, mask=mask.float())
+            return out.to(dtype)
+        return deform_conv2d(x, offset, weight, bias, stride=self.stride, padding=self.padding,
+                             dilation=self.dilation, mask=mask)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}")
+
+
+def use_dcn(network, stages):
+    """In place: the 3x3 ``conv2`` of every Bottleneck of the torchvision ResNet ``network``'s
+    stages ``stages`` (1..4 = ``layer1``..``layer4``) becomes a ``ModulatedDeformConv3x3``
+    holding the same weight, stride (after ``stride_in_1x1`` when caffe style), padding,
+    dilation and groups. Returns ``network``.
+    """
+    for index in stages:
+        if index not in (1, 2, 3, 4):
+            raise ValueError(f"backbone.dcn_stages: expected stages in 1..4, got {index!r}")
+        for block in getattr(network, f"layer{index}"):
+            if not isinstance(block, Bottleneck):
+                raise ValueError(f"backbone.dcn_stages: deformable convs replace Bottleneck 3x3 convs; "
+                                 f"layer{index} has {type(block).__name__} blocks")
+            if not isinstance(block.conv2, ModulatedDeformConv3x3):
+                block.conv2 = ModulatedDeformConv3x3(block.conv2)
+    return network
+
+
 class TinyResNet(nn.Module):
     """A narrow ResNet of torchvision ``BasicBlock`` stages for fast CPU runs.
 
@@ -149,6 +237,8 @@ def build_backbone(config):
     if config.style not in BACKBONE_STYLES:
         raise ValueError(f"backbone.style: expected one of {', '.join(BACKBONE_STYLES)}, got {config.style!r}")
     if config.name == "tiny":
+        if getattr(config, "dcn_stages", ()):
+            raise ValueError("backbone.dcn_stages: the tiny backbone has no deformable convolutions")
         if config.style != "pytorch":
             raise ValueError(f"backbone.style: the tiny backbone has only the pytorch style, got {config.style!r}")
         if config.weights:
@@ -156,9 +246,15 @@ def build_backbone(config):
         return TinyResNet(config.tiny_widths, config.tiny_blocks, norm_layer)
     if config.name not in TORCHVISION_RESNETS:
         raise ValueError(f"backbone.name: expected one of {', '.join(BACKBONES)}, got {config.name!r}")
+    dcn_stages = tuple(getattr(config, "dcn_stages", ()) or ())
+    if dcn_stages and config.name not in DCN_NETWORKS:
+        raise ValueError(f"backbone.dcn_stages: deformable convs need a Bottleneck network "
+                         f"({', '.join(DCN_NETWORKS)}), got backbone.name={config.name!r}")
     network = TORCHVISION_RESNETS[config.name](weights=None, norm_layer=norm_layer)
     if config.style == "caffe" and config.name in STRIDE_IN_1X1_NETWORKS:
         stride_in_1x1(network)
+    if dcn_stages:
+        use_dcn(network, dcn_stages)
     if config.weights:
         load_backbone_weights(network, config.weights)
     return ResNetBackbone(network, config.frozen_stages)
@@ -190,9 +286,10 @@ def load_backbone_weights(network, path):
       ``"blobs"`` (``conv1_w``, ``res_conv1_bn_s``, ``res2_0_branch2a_w``, ...), read with
       a restricted unpickler and converted by ``detectron_to_torchvision``.
 
-    The classifier (``fc.*``, ``pred_*``) may be absent or present; any other missing,
-    unexpected or mis-shaped key is a one-line ValueError naming the file and the layout,
-    so a wrong file is never silently half-loaded.
+    The classifier (``fc.*``, ``pred_*``) may be absent or present, and so may the offset/mask
+    predictors of deformable convs (``layerN.i.conv2.offset_mask.*``, §1.2: absent, they keep
+    their zero initialisation); any other missing, unexpected or mis-shaped key is a one-line
+    ValueError naming the file and the layout, so a wrong file is never silently half-loaded.
     """
     path = Path(path)
     if not path.is_file():
@@ -216,7 +313,9 @@ def load_backbone_weights(network, path):
     else:
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     expected = network.state_dict()
-    missing = [k for k in expected if k not in state and not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
+    optional = _dcn_offset_keys(network)
+    missing = [k for k in expected if k not in state and k not in optional
+               and not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected and not k.endswith("num_batches_tracked")]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
               if k in state and tuple(state[k].shape) != tuple(v.shape)]
@@ -226,6 +325,16 @@ def load_backbone_weights(network, path):
                          f"missing {_first(missing)}, unexpected {_first(unexpected)}, shapes {_first(shapes)}")
     network.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
     logger.info("loaded backbone weights from %s (%s layout)", path, layout)
+
+
+def _dcn_offset_keys(network):
+    """State-dict keys of the offset/mask predictors of ``network``'s deformable convs."""
+    keys = set()
+    for name, module in network.named_modules():
+        if isinstance(module, ModulatedDeformConv3x3):
+            prefix = f"{name}.offset_mask."
+            keys.update(prefix + key for key in module.offset_mask.state_dict())
+    return keys
 
 
 def weights_layout(state):

@@ -14,6 +14,7 @@ from torch import nn
 
 from detector.anchors import multi_level_anchors, multi_level_points
 from detector.coders import decode_deltas_unchecked, decode_ltrb_unchecked
+from detector.gfl import decode_distribution
 from detector.modeling.backbone import build_backbone
 from detector.modeling.fpn import FPN
 from detector.modeling.head import DenseHead
@@ -31,6 +32,9 @@ class Priors:
         strides: (A,) stride of each location's level.
         num_per_level: L ints summing to A.
         levels: the L pyramid levels (stride ``2 ** level``).
+        reg_max: GFL / GFLV2 heads: the largest bin of their distributions; the box outputs
+            are then ``4 * (reg_max + 1)`` logits decoded by ``detector.gfl.decode_distribution``
+            from the anchor centres (``points``) in stride units. None for the other heads.
     """
 
     anchors: Optional[torch.Tensor]
@@ -38,6 +42,7 @@ class Priors:
     strides: torch.Tensor
     num_per_level: list
     levels: tuple
+    reg_max: Optional[int] = None
 
     @property
     def level_strides(self):
@@ -45,14 +50,20 @@ class Priors:
         return tuple(2**level for level in self.levels)
 
     def decode(self, box_regression):
-        """Boxes of every location: (..., A, 4) head outputs -> (..., A, 4) xyxy
-        (delta-xywh on the anchors, or stride-normalised ltrb from the points; specs/coders.md)."""
+        """Boxes of every location: (..., A, C) head outputs -> (..., A, 4) xyxy
+        (delta-xywh on the anchors, or stride-normalised ltrb from the points, C = 4;
+        specs/coders.md; or, with ``reg_max``, the integral of the C = 4 * (reg_max + 1)
+        distribution logits from the anchor centres, specs/gfl.md §2)."""
+        if self.reg_max is not None:
+            return decode_distribution(self.points, self.strides, box_regression, self.reg_max)
         if self.anchors is not None:
             return decode_deltas_unchecked(self.anchors, box_regression)
         return decode_ltrb_unchecked(self.points, box_regression, self.strides)
 
     def decode_at(self, index, box_regression):
-        """Boxes of some locations: index (N,) int64, box_regression (N, 4) -> (N, 4) xyxy."""
+        """Boxes of some locations: index (N,) int64, box_regression (N, C) -> (N, 4) xyxy."""
+        if self.reg_max is not None:
+            return decode_distribution(self.points[index], self.strides[index], box_regression, self.reg_max)
         if self.anchors is not None:
             return decode_deltas_unchecked(self.anchors[index], box_regression)
         return decode_ltrb_unchecked(self.points[index], box_regression, self.strides[index])
@@ -72,8 +83,10 @@ class Detector(nn.Module):
         self.head = DenseHead(
             config.fpn.out_channels, num_classes, len(config.fpn.levels), width=head.width, depth=head.depth,
             gn_groups=head.gn_groups, family=head.family, quality=head.quality != "none", prior_prob=head.prior_prob,
+            head_type=head.type, reg_max=head.reg_max,
         )
-        self.objective = DetectionObjective(config.assign, config.loss, head.quality, diagnostics=config.diagnostics)
+        self.objective = DetectionObjective(config.assign, config.loss, head.quality, diagnostics=config.diagnostics,
+                                            head_type=head.type, reg_max=head.reg_max)
 
     def forward(self, images):
         """images (B, 3, H, W), H and W multiples of the largest stride -> ``HeadOutputs``."""
@@ -93,7 +106,8 @@ class Detector(nn.Module):
         if self.config.head.family == "anchor_based":
             anchors, _ = multi_level_anchors(image_size, strides, self.config.head.anchor_scale, level_sizes=feature_sizes,
                                              device=device, dtype=dtype)
-        return Priors(anchors, points, point_strides, list(num_per_level), self.levels)
+        reg_max = self.config.head.reg_max if self.config.head.type in ("gfl", "gflv2") else None
+        return Priors(anchors, points, point_strides, list(num_per_level), self.levels, reg_max)
 
     def losses(self, outputs, targets, image_size, *, iteration=0, max_iterations=1, all_reduce_mean=None):
         """The training objective of a batch (specs/model.md §4): ``DetectionObjective``
@@ -123,16 +137,50 @@ class Detector(nn.Module):
 
         Returns:
             list of B ``Detections`` (boxes (D, 4) in the resized-image frame, scores, labels).
+
+        GFL / GFLV2 (``priors.reg_max``): every location's box is decoded first (the
+        distribution logits are not 4 values wide) and passed as boxes. GFLV2 scores with
+        the joint probability ``sigmoid(cls) * dgqp_quality`` (``score_mode = "cls"``: the
+        threshold, the ranking and the final score all read it, as GFocalV2), passed to
+        post-processing as its logit (:func:`joint_score_logits`).
         """
         priors = self.priors(image_size, outputs.feature_sizes, device=outputs.cls_logits.device)
         inf = self.config.inference
         results = []
         for b, size in enumerate(image_sizes):
+            cls_logits = outputs.cls_logits[b].float()
+            if outputs.dgqp_quality is not None:
+                cls_logits = joint_score_logits(cls_logits, outputs.dgqp_quality[b].float())
+            box_regression, decode = outputs.box_regression[b].float(), priors.decode_at
+            if priors.reg_max is not None:
+                box_regression, decode = priors.decode(box_regression), None
             results.append(postprocess(
-                outputs.cls_logits[b].float(), outputs.box_regression[b].float(),
+                cls_logits, box_regression,
                 outputs.quality_logits[b].float() if outputs.quality_logits is not None else None,
-                priors.num_per_level, decode=priors.decode_at, image_size=tuple(size), score_mode=inf.score_mode,
+                priors.num_per_level, decode=decode, image_size=tuple(size), score_mode=inf.score_mode,
                 score_threshold=inf.score_threshold, pre_nms_top_k=inf.pre_nms_top_k, nms_threshold=inf.nms_threshold,
                 max_detections=inf.max_detections,
             ))
         return results
+
+
+#: Joint-score logits are clamped to this magnitude: sigmoid of it is 0 or 1 in float32.
+JOINT_LOGIT_LIMIT = 1.0e4
+
+
+def joint_score_logits(cls_logits, quality):
+    """``logit(sigmoid(cls_logits) * quality[..., None])``: GFLV2's joint probability as a logit.
+
+    Post-processing takes logits and applies the sigmoid; this hands it the joint score.
+    Computed in float64 (``sigmoid`` of the result equals the float32 product to rounding)
+    and clamped to +-``JOINT_LOGIT_LIMIT`` where the probability is 0 or 1.
+
+    Args:
+        cls_logits: (..., A, K) classification logits.
+        quality: (..., A) DGQP quality in [0, 1].
+
+    Returns:
+        (..., A, K) logits in the dtype of ``cls_logits``.
+    """
+    joint = torch.sigmoid(cls_logits.double()) * quality.double()[..., None]
+    return torch.logit(joint).clamp(-JOINT_LOGIT_LIMIT, JOINT_LOGIT_LIMIT).to(cls_logits.dtype)

@@ -14,12 +14,28 @@ Initialisation: every conv weight ~ normal(0, 0.01), bias 0; the classification 
 ``-log((1 - prior_prob) / prior_prob)`` so that every anchor starts at probability
 ``prior_prob`` (RetinaNet). Tower convs have no bias (GroupNorm follows; mmdet's
 ``conv_bias="auto"``).
+
+Head types (``HEAD_TYPES``, ``head.type``; specs/model.md §3.1):
+
+- ``atss``: the above.
+- ``gfl`` (GFL, mmdet ``GFLHead``): anchor-based, no quality conv; the box conv outputs
+  ``4 * (reg_max + 1)`` distribution logits (side-major: the bins of l, t, r, b),
+  multiplied by the level's ``Scale``; the box is their integral in stride units from the
+  anchor centre (``detector.gfl.decode_distribution``).
+- ``gflv2`` (GFLV2, GFocalV2 ``GFLHeadV2``): ``gfl`` plus the Distribution-Guided Quality
+  Predictor ``detector.gfl.DistributionQuality`` on the (scaled) distribution logits; its
+  quality (B, A) multiplies the class probabilities into the joint score.
 """
 import math
 from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
+
+from detector.gfl import REG_MAX, DistributionQuality
+
+#: ``head.type`` choices: the ATSS head, GFL (distribution regression), GFLV2 (GFL + DGQP).
+HEAD_TYPES = ("atss", "gfl", "gflv2")
 
 
 class HeadOutputs(NamedTuple):
@@ -28,15 +44,19 @@ class HeadOutputs(NamedTuple):
     Attributes:
         cls_logits: (B, A, K) classification logits.
         box_regression: (B, A, 4) delta-xywh codes (anchor-based) or stride-normalised
-            (l, t, r, b) >= 0 (anchor-free).
+            (l, t, r, b) >= 0 (anchor-free); GFL / GFLV2: (B, A, 4 * (reg_max + 1))
+            distribution logits, side-major.
         quality_logits: (B, A) centerness/IoU logits, or None without a quality branch.
         feature_sizes: list of L (H_l, W_l).
+        dgqp_quality: (B, A) GFLV2's DGQP quality in (0, 1) (the joint score is
+            ``sigmoid(cls_logits) * dgqp_quality[..., None]``), or None for other heads.
     """
 
     cls_logits: torch.Tensor
     box_regression: torch.Tensor
     quality_logits: Optional[torch.Tensor]
     feature_sizes: list
+    dgqp_quality: Optional[torch.Tensor] = None
 
 
 class Scale(nn.Module):
@@ -61,20 +81,30 @@ class DenseHead(nn.Module):
         family: "anchor_based" or "anchor_free".
         quality: True to build the quality branch.
         prior_prob: initial foreground probability of the classifier.
+        head_type: one of ``HEAD_TYPES``; "gfl" and "gflv2" need ``family="anchor_based"``
+            and ``quality=False``.
+        reg_max: largest bin of the GFL / GFLV2 distribution (ignored by "atss").
     """
 
     def __init__(self, in_channels, num_classes, num_levels, *, width=256, depth=4, gn_groups=32,
-                 family="anchor_based", quality=True, prior_prob=0.01):
+                 family="anchor_based", quality=True, prior_prob=0.01, head_type="atss", reg_max=REG_MAX):
         super().__init__()
         if family not in ("anchor_based", "anchor_free"):
             raise ValueError(f"family: expected anchor_based or anchor_free, got {family!r}")
+        if head_type not in HEAD_TYPES:
+            raise ValueError(f"head_type: expected one of {', '.join(HEAD_TYPES)}, got {head_type!r}")
+        if head_type != "atss" and (family != "anchor_based" or quality):
+            raise ValueError(f"head_type: {head_type} needs family='anchor_based' and no quality branch")
         self.num_classes = num_classes
         self.family = family
+        self.head_type = head_type
+        self.reg_max = int(reg_max) if head_type != "atss" else None
         self.cls_tower = _tower(in_channels, width, depth, gn_groups)
         self.box_tower = _tower(in_channels, width, depth, gn_groups)
         tower_out = width if depth > 0 else in_channels
         self.cls_logits = nn.Conv2d(tower_out, num_classes, 3, padding=1)
-        self.box_pred = nn.Conv2d(tower_out, 4, 3, padding=1)
+        box_channels = 4 if head_type == "atss" else 4 * (self.reg_max + 1)
+        self.box_pred = nn.Conv2d(tower_out, box_channels, 3, padding=1)
         self.quality = nn.Conv2d(tower_out, 1, 3, padding=1) if quality else None
         self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
         for module in self.modules():
@@ -83,6 +113,8 @@ class DenseHead(nn.Module):
                 if module.bias is not None:
                     nn.init.constant_(module.bias, 0.0)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+        # GFLV2's DGQP (two linear layers, initialised N(0, 0.01) / 0 by the module itself)
+        self.dgqp = DistributionQuality(self.reg_max) if head_type == "gflv2" else None
 
     def forward(self, features):
         """features: list of L (B, C, H_l, W_l) -> ``HeadOutputs``."""
@@ -100,11 +132,14 @@ class DenseHead(nn.Module):
             if self.quality is not None:
                 quality_all.append(_flatten(self.quality(box_feature))[..., 0])
             sizes.append(tuple(feature.shape[-2:]))
+        box_regression = torch.cat(box_all, dim=1)
         return HeadOutputs(
             cls_logits=torch.cat(cls_all, dim=1),
-            box_regression=torch.cat(box_all, dim=1),
+            box_regression=box_regression,
             quality_logits=torch.cat(quality_all, dim=1) if self.quality is not None else None,
             feature_sizes=sizes,
+            # one DGQP call on every level's (scaled) logits: the MLP acts on each location alone
+            dgqp_quality=self.dgqp(box_regression) if self.dgqp is not None else None,
         )
 
 

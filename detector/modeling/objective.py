@@ -15,6 +15,13 @@ in this order:
    without a positive, the mean prior IoU and predicted IoU of the positives, and for
    Dynamic ATSS the overlap of its positives with plain ATSS's at the same step.
 
+The GFL / GFLV2 heads (``head_type``) decode their distribution logits in step 1
+(``Priors.decode``), so every assigner (Dynamic ATSS included) reads the boxes of the
+distribution; steps 4-5 are then ``loss_step.gfl_loss_sums_batched`` and
+``loss_step.reduce_gfl_loss_sums`` (terms ``loss_cls``, ``loss_box``, ``loss_dfl``), and
+GFLV2's joint score ``sigmoid(cls) * dgqp_quality`` is the class score everywhere (the QFL
+prediction, the box weights, and the scores of assigners that read them).
+
 The optimisation loop (``detector/engine.py``) calls it through ``Detector.losses`` and
 knows nothing of these steps.
 """
@@ -28,6 +35,7 @@ from detector import loss_step, losses
 from detector.assign.atss import assign_atss_batched
 from detector.batched_targets import ignore_regions_batched
 from detector.boxes import aligned_box_iou_unchecked
+from detector.gfl import REG_MAX
 from detector.modeling.assigners import ASSIGNERS, DynamicAtssOptions, assign
 from detector.pseudo_iou import pseudo_iou_algorithm1
 
@@ -37,7 +45,8 @@ class LossOutput(NamedTuple):
 
     Attributes:
         terms: dict of 0-d tensors ``loss_cls``, ``loss_box`` (box weight applied) and,
-            with a quality branch, ``loss_quality``; the objective is their sum.
+            with a quality branch, ``loss_quality`` (GFL / GFLV2: ``loss_dfl`` instead);
+            the objective is their sum.
         num_pos: 0-d int64 tensor, positives in the batch (this process).
         box_loss_pos: 0-d float64 tensor, the unweighted mean box loss of the positives
             (the Dynamic ATSS paper's Figure 3 quantity; 0 without positives).
@@ -63,9 +72,12 @@ class DetectionObjective:
             "qfl" / "vfl" take their soft target: ``soft_target``).
         quality: ``Config.head.quality`` ("centerness", "iou" or "none").
         diagnostics: compute ``assignment_diagnostics`` every step.
+        head_type: ``Config.head.type`` (``modeling.head.HEAD_TYPES``): "gfl" and "gflv2"
+            train with the GFL loss step (QFL, GIoU and DFL).
+        reg_max: largest bin of the GFL / GFLV2 distributions.
     """
 
-    def __init__(self, assign_options, loss, quality, diagnostics=True):
+    def __init__(self, assign_options, loss, quality, diagnostics=True, *, head_type="atss", reg_max=REG_MAX):
         self.assign_options = assign_options
         self.cls_loss = loss.cls
         self.box_loss = loss.box
@@ -74,14 +86,17 @@ class DetectionObjective:
         self.soft_target = loss.soft_target
         self.uses_scores = ASSIGNERS[assign_options.name].uses_scores
         self.diagnostics = diagnostics
+        self.head_type = head_type
+        self.reg_max = reg_max
 
     def __call__(self, priors, outputs, targets, *, iteration=0, max_iterations=1, all_reduce_mean=None):
         """Loss terms of one batch.
 
         Args:
             priors: ``Priors`` of the batch (A locations).
-            outputs: ``HeadOutputs``: cls_logits (B, A, K), box_regression (B, A, 4),
-                quality_logits (B, A) or None; finite.
+            outputs: ``HeadOutputs``: cls_logits (B, A, K), box_regression (B, A, 4) (GFL /
+                GFLV2: (B, A, 4 * (reg_max + 1)) logits), quality_logits (B, A) or None,
+                dgqp_quality (B, A) (GFLV2) or None; finite.
             targets: ``PaddedTargets``: gt_boxes (B, G_max, 4), gt_labels (B, G_max),
                 gt_valid (B, G_max), ignore_boxes (B, R_max, 4), ignore_valid (B, R_max).
             iteration, max_iterations: the step (0-based) of the run, for scheduled options.
@@ -90,22 +105,35 @@ class DetectionObjective:
         Returns:
             ``LossOutput``.
         """
-        # 1. decode once
-        pred_boxes = priors.decode(outputs.box_regression.float())  # (B, A, 4)
+        # 1. decode once (GFL / GFLV2: the integral of the distribution, Priors.reg_max)
+        box_regression = outputs.box_regression.float()
+        pred_boxes = priors.decode(box_regression)  # (B, A, 4)
+        dgqp_quality = outputs.dgqp_quality.float() if outputs.dgqp_quality is not None else None
         # 2. assign and 3. ignore regions (constants for the loss)
         with torch.no_grad():
-            pred_scores = outputs.cls_logits.detach().float().sigmoid() if self.uses_scores else None  # (B, A, K)
+            pred_scores = None
+            if self.uses_scores:  # (B, A, K); GFLV2: the joint score
+                pred_scores = outputs.cls_logits.detach().float().sigmoid()
+                if dgqp_quality is not None:
+                    pred_scores = pred_scores * dgqp_quality.detach()[..., None]
             assignment = assign(self.assign_options, priors, targets, pred_boxes.detach(), iteration, max_iterations,
                                 pred_scores=pred_scores)
             assignment = apply_ignore_regions(priors, assignment, targets)
         # 4. loss sums
-        quality_logits = outputs.quality_logits.float() if outputs.quality_logits is not None else None
-        sums = loss_step.loss_sums_batched(
-            outputs.cls_logits.float(), pred_boxes, quality_logits, priors.points, assignment.matched_gt,
-            targets.gt_boxes, targets.gt_labels, targets.gt_valid,
-            cls_loss=self.cls_loss, box_loss=self.box_loss, quality=self.quality,
-            soft_targets=assignment.matched_metric if self.soft_target == "assigner" else None,
-        )
+        soft_targets = assignment.matched_metric if self.soft_target == "assigner" else None
+        if self.head_type in ("gfl", "gflv2"):
+            sums = loss_step.gfl_loss_sums_batched(
+                outputs.cls_logits.float(), box_regression, pred_boxes, priors.points, priors.strides,
+                assignment.matched_gt, targets.gt_boxes, targets.gt_labels, targets.gt_valid,
+                dgqp_quality=dgqp_quality, reg_max=self.reg_max, box_loss=self.box_loss, soft_targets=soft_targets,
+            )
+        else:
+            quality_logits = outputs.quality_logits.float() if outputs.quality_logits is not None else None
+            sums = loss_step.loss_sums_batched(
+                outputs.cls_logits.float(), pred_boxes, quality_logits, priors.points, assignment.matched_gt,
+                targets.gt_boxes, targets.gt_labels, targets.gt_valid,
+                cls_loss=self.cls_loss, box_loss=self.box_loss, quality=self.quality, soft_targets=soft_targets,
+            )
         num_pos = sums["num_pos"]
         box_loss_pos = sums["box_plain"].detach().double() / num_pos.clamp(min=1)  # float64: as Python floats
         # 5. normalise; data-parallel runs divide by the normalisers' mean over processes
@@ -113,7 +141,10 @@ class DetectionObjective:
             sums = dict(sums)
             for key in ("num_pos", "box_weight"):
                 sums[key] = all_reduce_mean(torch.as_tensor(sums[key], dtype=torch.float32, device=sums["cls"].device))
-        terms = losses.reduce_loss_sums(sums, box_loss_weight=self.box_weight)
+        if self.head_type in ("gfl", "gflv2"):
+            terms = loss_step.reduce_gfl_loss_sums(sums, box_loss_weight=self.box_weight)
+        else:
+            terms = losses.reduce_loss_sums(sums, box_loss_weight=self.box_weight)
         # 6. diagnostics
         diagnostics = {}
         if self.diagnostics:

@@ -35,9 +35,9 @@ def test_bf16_forward_leaves_assignment_and_losses_in_float32(data_root, name, m
     seen = []
     original = objective_module.assign
 
-    def spy(options, priors, targets, pred_boxes, *args):
+    def spy(options, priors, targets, pred_boxes, *args, **kwargs):
         seen.append((priors.points.dtype, pred_boxes.dtype))
-        return original(options, priors, targets, pred_boxes, *args)
+        return original(options, priors, targets, pred_boxes, *args, **kwargs)
 
     monkeypatch.setattr(objective_module, "assign", spy)
     with torch.no_grad(), autocast(CPU, "bf16"):

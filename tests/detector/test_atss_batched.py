@@ -177,3 +177,20 @@ def test_padded_slots_may_hold_garbage():
     result = assign_atss_batched(anchors, counts, gts, valid)
     assert (result.matched_gt[1] == -1).all()
     np.testing.assert_array_equal(result.matched_gt[0].numpy(), assign_atss(anchors, counts, gts[0]).matched_gt.numpy())
+
+
+def test_sums_run_left_to_right_on_every_device():
+    """ATSS thresholds are bit-exact only if the candidate sums run in candidate order; the
+    column-by-column path (used off the CPU, where cumsum is a parallel scan) and the CPU
+    path both equal NumPy's sequential cumsum bit for bit."""
+    import numpy as np
+
+    from detector.assign.batching import column_by_column_sum, sequential_sum
+
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0, 1, size=(3, 5, 45)) * 10.0 ** rng.integers(-8, 8, size=(3, 5, 45))
+    expected = np.cumsum(values, axis=-1)[..., -1]
+    assert (column_by_column_sum(torch.from_numpy(values)).numpy() == expected).all()
+    assert (sequential_sum(torch.from_numpy(values)).numpy() == expected).all()
+    assert not (np.sum(values[..., ::-1], axis=-1) == expected).all()  # the order matters on this data
+    assert sequential_sum(torch.zeros(2, 0, dtype=torch.float64)).tolist() == [0.0, 0.0]

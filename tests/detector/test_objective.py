@@ -66,6 +66,12 @@ CASES = {
                    {"strides": (8, 16, 32), "regress_ranges": AF_RANGES, "threshold": 0.2, "inclusive": True}),
     "fcos": (table.FcosOptions(center_sampling=False, center_radius=2.5), "assign_fcos_batched",
              {"strides": (8, 16, 32), "regress_ranges": AF_RANGES, "center_sampling": False, "center_radius": 2.5}),
+    "tal": (table.TalOptions(topk=7, alpha=0.5, beta=4.0), "assign_tal_batched", {"topk": 7, "alpha": 0.5, "beta": 4.0}),
+    "simota": (table.SimotaOptions(center_radius=2.0, candidate_topk=6, iou_weight=2.0, cls_weight=0.5),
+               "assign_simota_batched",
+               {"center_radius": 2.0, "candidate_topk": 6, "iou_weight": 2.0, "cls_weight": 0.5}),
+    "dsl": (table.DslOptions(topk=9, soft_center_radius=2.0, iou_weight=2.5), "assign_dsl_batched",
+            {"topk": 9, "soft_center_radius": 2.0, "iou_weight": 2.5}),
 }
 
 
@@ -94,13 +100,18 @@ def test_each_row_passes_every_option_to_its_assigner(name, monkeypatch):
         return function(*args, **kwargs)
 
     monkeypatch.setattr(table, function_name, recording)
-    result = table.assign(options, priors, targets, pred_boxes)
+    scores = torch.rand(2, priors.points.shape[0], 3, generator=torch.Generator().manual_seed(1)) if row.uses_scores else None
+    result = table.assign(options, priors, targets, pred_boxes, pred_scores=scores)
     (args, kwargs), = calls
     assert kwargs == expected_kwargs
     inputs = (priors.anchors, priors.num_per_level) if row.family == "anchor_based" else (priors.points, priors.num_per_level)
     if name == "max_iou":
         inputs = (priors.anchors,)
     expected_args = (*inputs, targets.gt_boxes, targets.gt_valid) + ((pred_boxes,) if row.uses_predictions else ())
+    if name == "tal":
+        expected_args = (priors.anchors, targets.gt_boxes, targets.gt_valid, targets.gt_labels, scores, pred_boxes)
+    elif row.uses_scores:
+        expected_args = (*inputs, targets.gt_boxes, targets.gt_valid, targets.gt_labels, pred_boxes, scores)
     assert len(args) == len(expected_args) and all(a is b or a == b for a, b in zip(args, expected_args))
     assert result.matched_gt.shape == (2, priors.points.shape[0])
     assert bool((result.matched_gt[0] >= 0).any())  # the scene has positives
@@ -114,12 +125,13 @@ def test_options_defaults_match_the_assigners_defaults():
 
     batched = {"atss": assign_atss_batched, "dynamic_atss": assign_dynamic_atss_batched, "max_iou": assign_max_iou_batched,
                "all_inside": assign_all_inside_batched, "pseudo_iou": assign_pseudo_iou_batched,
-               "scaled_box": assign_scaled_box_batched, "centerness": assign_centerness_batched, "fcos": assign_fcos_batched}
+               "scaled_box": assign_scaled_box_batched, "centerness": assign_centerness_batched, "fcos": assign_fcos_batched,
+               "tal": table.assign_tal_batched, "simota": table.assign_simota_batched, "dsl": table.assign_dsl_batched}
     assert set(batched) == set(ASSIGNERS)
     for name, row in ASSIGNERS.items():
         parameters = inspect.signature(batched[name]).parameters
         for field in dataclasses.fields(row.options):
-            if field.name in ("name", "regress_ranges") or field.name.endswith("_schedule"):
+            if field.name in ("name", "regress_ranges", "atss_warmup") or field.name.endswith("_schedule"):
                 continue
             assert parameters[field.name].default == field.default, (name, field.name)
 
@@ -169,3 +181,49 @@ def test_ignore_regions_travel_in_the_padded_targets():
     with_regions = model.losses(outputs, crowded, IMAGE).assignment.matched_gt
     changed = with_regions != without
     assert bool(changed.any()) and bool((with_regions[changed] == -2).all()) and bool((without[changed] == -1).all())
+
+
+def test_score_reading_assigners_need_scores_and_tal_warms_up_with_atss():
+    priors, targets = _priors("anchor_based"), _targets()
+    pred_boxes = _pred_boxes(priors)
+    with pytest.raises(ValueError, match="tal reads the predicted class scores; pass pred_scores"):
+        table.assign(table.TalOptions(), priors, targets, pred_boxes)
+    scores = torch.rand(2, priors.points.shape[0], 3, generator=torch.Generator().manual_seed(1))
+    warm = table.TalOptions(atss_warmup=0.25)
+    atss = table.assign(table.AtssOptions(), priors, targets, pred_boxes)
+    early = table.assign(warm, priors, targets, pred_boxes, 24, 100, pred_scores=scores)  # 24 < 25: ATSS
+    late = table.assign(warm, priors, targets, pred_boxes, 25, 100, pred_scores=scores)
+    tal = table.assign(table.TalOptions(), priors, targets, pred_boxes, 25, 100, pred_scores=scores)
+    assert torch.equal(early.matched_gt, atss.matched_gt) and torch.equal(early.matched_metric, atss.matched_metric)
+    assert torch.equal(late.matched_gt, tal.matched_gt) and not torch.equal(late.matched_gt, atss.matched_gt)
+
+
+def test_the_objective_trains_on_the_assigners_soft_targets(monkeypatch):
+    """loss.soft_target=assigner: the assigner receives sigmoid(cls_logits) in float32 and
+    the classification loss receives its matched_metric as soft_targets."""
+    from detector import loss_step
+
+    config = get_config("demo_simota", ["fpn.out_channels=16", "head.width=16", "head.gn_groups=8"])
+    model = Detector(config, 3)
+    images = torch.randn(2, 3, *IMAGE)
+    seen = {}
+    row = ASSIGNERS["simota"]
+
+    def recording(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations):
+        seen["scores"] = pred_scores
+        seen["assignment"] = row.run(options, priors, targets, pred_boxes, pred_scores, iteration, max_iterations)
+        return seen["assignment"]
+
+    real_sums = loss_step.loss_sums_batched
+
+    def recording_sums(*args, **kwargs):
+        seen["soft_targets"] = kwargs["soft_targets"]
+        return real_sums(*args, **kwargs)
+
+    monkeypatch.setitem(ASSIGNERS, "simota", dataclasses.replace(row, run=recording))
+    monkeypatch.setattr(loss_step, "loss_sums_batched", recording_sums)
+    outputs = model(images)
+    model.losses(outputs, _targets(), IMAGE)
+    assert seen["scores"].dtype == torch.float32 and not seen["scores"].requires_grad
+    torch.testing.assert_close(seen["scores"], outputs.cls_logits.detach().sigmoid(), rtol=0, atol=0)
+    assert seen["soft_targets"] is seen["assignment"].matched_metric

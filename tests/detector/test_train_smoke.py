@@ -49,6 +49,9 @@ def _fixed_batch(config):
     ("demo_atss", ()),
     ("demo", ()),  # Dynamic ATSS, QFL, IoU branch
     ("demo_piou", ()),  # anchor-free, Pseudo-IoU T = 0.4
+    ("demo_tal", ("assign.atss_warmup=0",)),  # TAL from the first step, QFL on its soft targets
+    ("demo_simota", ()),
+    ("demo_dsl", ()),
 ])
 def test_overfit_one_batch(data_root, name, extra):
     config = tiny_config(data_root, name, "solver.warmup=none", "solver.lr=0.01", *extra)
@@ -261,7 +264,8 @@ def test_list_configs(capsys):
     assert all(name in printed for name in configs.CONFIGS)
     rows = printed.split("paper tables, row by row")[1]
     assert "Dynamic ATSS Table 3\n  1 : 1 (39.75 AP): atss_ciou_r50_1x\n" in rows
-    assert "Pseudo-IoU Table 4\n" in rows and "Pseudo-IoU R-101-FPN-DCN (43.4 AP (test-dev)): none, needs deformable" in rows
+    assert "Pseudo-IoU Table 4\n" in rows and "Pseudo-IoU R-101-FPN-DCN (43.4 AP (test-dev)): piou_giou_ctr_r101_dcn_2x" in rows
+    assert "  RetinaNet (35.7 AP): none, needs 9 anchors per location" in rows
 
 
 # ---------------------------------------------------------------------------------------

@@ -257,3 +257,53 @@ def test_soft_targets_outside_the_unit_interval_are_refused():
         DL.soft_target_scores(torch.tensor([1.5, 0.0]), torch.as_tensor(matched))
     assert RL.soft_target_scores(np.array([0.25, 9.0]), matched).tolist() == [0.25, 0.0]
     assert DL.soft_target_scores(torch.tensor([0.25, 9.0]), torch.as_tensor(matched)).tolist() == [0.25, 0.0]
+
+
+# ---------------------------------------------------------------------------------------
+# QFL of probabilities (GFLV2's joint score; specs/losses.md §3.1)
+
+
+@st.composite
+def probs_and_targets(draw):
+    n = draw(st.integers(1, 30))
+    probs = draw(st.lists(st.floats(0, 1) | st.sampled_from([0.0, 1.0, 1e-30, 1 - 1e-12]), min_size=n, max_size=n))
+    targets = draw(st.lists(st.floats(0, 1) | st.sampled_from([0.0, 1.0]), min_size=n, max_size=n))
+    return np.array(probs), np.array(targets)
+
+
+def _qfl_prob_formula(p, y, beta=2.0):
+    """The NumPy formula, written out: |y - p|^beta * -(y ln p + (1 - y) ln(1 - p)), logs clamped at -100."""
+    with np.errstate(divide="ignore"):
+        return np.abs(y - p) ** beta * -(y * np.maximum(np.log(p), -100.0) + (1 - y) * np.maximum(np.log1p(-p), -100.0))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(probs_and_targets(), st.sampled_from([2.0, 1.5, 0.0]))
+def test_quality_focal_loss_of_probabilities_matches_reference(device, inputs, beta):
+    probs, targets = inputs
+    expected = _qfl_prob_formula(probs, targets, beta)
+    np.testing.assert_allclose(RL.quality_focal_loss_prob(probs, targets, beta), expected, **F64)
+    p = tensor(probs, device=device).requires_grad_()
+    actual = DL.quality_focal_loss_prob(p, tensor(targets, device=device), beta)
+    assert actual.dtype == torch.float64
+    np.testing.assert_allclose(numpy(actual), expected, **F64)
+    actual.sum().backward()
+    assert bool(torch.isfinite(p.grad).all())  # also at p = 0 and p = 1
+    actual32 = DL.quality_focal_loss_prob(tensor(probs, torch.float32, device), tensor(targets, torch.float32, device), beta)
+    expected32 = _qfl_prob_formula(probs.astype(np.float32).astype(np.float64), targets.astype(np.float32).astype(np.float64), beta)
+    np.testing.assert_allclose(numpy(actual32), expected32, rtol=1e-4, atol=1e-5)
+
+
+def test_quality_focal_loss_of_probabilities_is_qfl_of_the_logit():
+    logits = np.array([-30.0, -3.0, 0.0, np.log(3.0), 4.0])
+    targets = np.array([0.0, 0.5, 0.5, 0.25, 1.0])
+    probs = 1 / (1 + np.exp(-logits))
+    np.testing.assert_allclose(RL.quality_focal_loss_prob(probs, targets), RL.quality_focal_loss(logits, targets), rtol=1e-9)
+    # worked example of specs/losses.md §3: p = 0.75, y = 0.25 -> 0.5^2 * (ln 4 - 0.25 ln 3)
+    assert RL.quality_focal_loss_prob(np.array([0.75]), np.array([0.25]))[0] == pytest.approx(0.25 * (np.log(4) - 0.25 * np.log(3)))
+    assert RL.quality_focal_loss_prob(np.array([0.0, 1.0]), np.array([1.0, 0.0])).tolist() == [100.0, 100.0]  # clamped logs
+    for module, make in ((RL, np.array), (DL, torch.tensor)):
+        with pytest.raises(ValueError, match=r"probs: element \(0,\) is 1\.5"):
+            module.quality_focal_loss_prob(make([1.5]), make([0.5]))
+        with pytest.raises(ValueError, match=r"targets: element \(0,\) is -0\.5"):
+            module.quality_focal_loss_prob(make([0.5]), make([-0.5]))

@@ -1,0 +1,544 @@
+"""Dynamic soft-label assignment (DSL) of RTMDet (specs/dsl.md).
+
+A prior (an anchor, located at its centre, with stride = anchor side / 8) is *valid* when
+its centre lies strictly inside some GT; only valid priors can be positive. Every (GT,
+valid prior) pair gets the cost of mmdetection's ``DynamicSoftLabelAssigner``:
+
+    cost = soft classification cost + iou_weight * -log(IoU + 1e-7) + 10 ** (d / s - radius)
+
+with IoU between the prior's decoded prediction and the GT, ``d`` the Euclidean distance
+between the prior centre and the GT centre and ``s`` the prior's stride. Each GT takes its
+``k_g = max(1, floor(sum of its topk largest IoUs))`` lowest-cost valid priors; a prior
+taken by several GTs goes to the GT of lowest cost among **all** GTs (lower GT index on
+ties), as mmdetection does. The soft target (``matched_metric``) of a positive is the IoU
+between its prediction and its GT.
+
+The predictions come decoded and detached (``pred_boxes``) with the class probabilities
+(``pred_scores``, the sigmoid of the classification logits): the assigner decodes nothing.
+
+Twin of ``reference/assign/dsl.py``; ``assign_dsl_batched`` holds the algorithm and
+``assign_dsl`` runs it on one image, as in ``assign/atss.py``. Each image's valid priors
+are packed to the front of a (B, V_max) index (anchor order kept, so a lower position is a
+lower anchor index); the (B, G, V_max) costs are computed for chunks of GTs of at most
+``max_pairs`` pairs, each GT's selection and the per-prior lowest-cost GT are kept across
+chunks, and the conflicts are resolved on the selected pairs: the result does not depend
+on ``max_pairs``. The predictions are detached here; half and bfloat16 predictions are
+up-cast to float32, then cast to the dtype of the anchors and GTs.
+"""
+import math
+import numbers
+
+import numpy as np
+import torch
+
+from detector.assign.batching import as_padded_batch, finish_batch, one_image
+from detector.assign.nearest import _exact_topk
+from detector.boxes import _centers, aligned_box_iou_unchecked
+from detector.conventions import BACKGROUND, OCTAVE_BASE_SCALE
+from detector.validation import (
+    as_boxes,
+    as_pred_boxes,
+    as_values,
+    check_level_counts,
+    check_number,
+    check_same_device,
+    check_topk,
+)
+
+#: Default number of largest IoUs summed into a GT's dynamic k (mmdetection ``topk``).
+DSL_TOPK = 13
+#: Default soft centre radius ``beta`` of the centre prior ``10 ** (d / s - beta)``
+#: (mmdetection ``soft_center_radius``; the paper's beta = 3).
+DSL_SOFT_CENTER_RADIUS = 3.0
+#: Default weight of the IoU cost (mmdetection ``iou_weight``; the paper's lambda = 3).
+DSL_IOU_WEIGHT = 3.0
+#: Base ``alpha`` of the soft centre prior (paper and mmdetection: 10).
+DSL_CENTER_BASE = 10.0
+#: The eps inside the IoU cost ``-log(IoU + eps)`` (mmdetection ``EPS``).
+DSL_IOU_EPS = 1e-7
+#: Lower clamp of the logarithms of the binary cross-entropy (as torch's ``binary_cross_entropy``).
+BCE_LOG_CLAMP = -100.0
+#: Default bound on the (GT, valid prior) pairs whose costs exist at once (B * G_chunk *
+#: V_max); about 100 bytes each at the peak in float64.
+DEFAULT_MAX_PAIRS = 2**23
+
+
+def assign_dsl(
+    anchors,
+    num_anchors_per_level,
+    gt_boxes,
+    gt_labels,
+    pred_boxes,
+    pred_scores,
+    *,
+    topk=DSL_TOPK,
+    soft_center_radius=DSL_SOFT_CENTER_RADIUS,
+    iou_weight=DSL_IOU_WEIGHT,
+):
+    """Assign anchors to GTs with RTMDet's dynamic soft-label assigner (specs/dsl.md §2).
+
+    Args:
+        anchors: (A, 4) xyxy, level-major; each anchor is a prior located at its centre with
+            stride ``(x2 - x1) / 8`` (the ATSS-style square anchors of side 8 x stride).
+        num_anchors_per_level: L non-negative ints summing to A.
+        gt_boxes: (G, 4) xyxy; zero-area boxes are allowed (they contain no prior centre).
+        gt_labels: (G,) integers in 0..K-1.
+        pred_boxes: (A, 4) xyxy, the network's decoded box predictions for this image, one
+            per anchor (they may require grad: they are detached here).
+            Rows with a NaN or Inf are allowed: such a prediction has IoU 0 with every GT
+            (§2.2). A finite row must have x1 <= x2 and y1 <= y2.
+        pred_scores: (A, K) class probabilities in [0, 1] (sigmoid of the logits), K >= 1
+            (they may require grad: they are detached here).
+        topk: number of largest IoUs summed into the dynamic k of a GT (int >= 1).
+        soft_center_radius: ``beta`` of the soft centre prior ``10 ** (d / s - beta)``.
+        iou_weight: weight (>= 0) of the IoU cost ``-log(IoU + 1e-7)``.
+
+    Returns:
+        Assignment with matched_gt (A,) int64 in {-1, 0..G-1} (DSL never ignores);
+        matched_metric (A,) the soft target: IoU of the prediction with the assigned GT
+        (0 for background), in [0, 1]; gt_threshold (G,) NaN (DSL has no threshold);
+        candidate_index (G, C) int64, C = min(topk, A): each GT's k_g selected priors in
+        (cost, anchor index) order, padded with -1. The memory bound is the default
+        ``max_pairs`` of ``assign_dsl_batched``.
+
+    Raises:
+        ValueError: bad boxes or level counts, an anchor of zero width, ``pred_boxes`` not
+            (A, 4) real numbers or a finite inverted row, ``pred_scores`` not (A, K)
+            probabilities, a label outside 0..K-1, a bad option (all named).
+    """
+    anchors = as_boxes(anchors, "anchors")
+    for values, name in ((gt_boxes, "gt_boxes"), (gt_labels, "gt_labels"), (pred_boxes, "pred_boxes"), (pred_scores, "pred_scores")):
+        check_same_device(values, anchors, name, "anchors")
+    pred_boxes = as_pred_boxes(pred_boxes, "pred_boxes", (len(anchors), 4))  # errors name this image's rows
+    pred_scores = _check_scores(pred_scores, (len(anchors),))
+    gt_boxes = as_boxes(gt_boxes, "gt_boxes")
+    gt_valid = torch.ones(len(gt_boxes), dtype=torch.bool, device=gt_boxes.device)
+    gt_labels = _check_labels(gt_labels, gt_valid, pred_scores.shape[-1])
+    return one_image(
+        assign_dsl_batched,
+        (anchors, num_anchors_per_level),
+        gt_boxes,
+        gt_labels,
+        pred_boxes,
+        pred_scores,
+        topk=topk,
+        soft_center_radius=soft_center_radius,
+        iou_weight=iou_weight,
+    )
+
+
+@torch.no_grad()
+def assign_dsl_batched(
+    anchors,
+    num_anchors_per_level,
+    gt_boxes,
+    gt_valid,
+    gt_labels,
+    pred_boxes,
+    pred_scores,
+    *,
+    topk=DSL_TOPK,
+    soft_center_radius=DSL_SOFT_CENTER_RADIUS,
+    iou_weight=DSL_IOU_WEIGHT,
+    max_pairs=DEFAULT_MAX_PAIRS,
+):
+    """``assign_dsl`` for a batch of images sharing one set of anchors (specs/dsl.md §2;
+    specs/conventions.md §4).
+
+    Args:
+        anchors: (A, 4) xyxy, level-major, shared by every image.
+        num_anchors_per_level: L non-negative ints summing to A.
+        gt_boxes: (B, G_max, 4) xyxy, padded; padded slots may hold anything.
+        gt_valid: (B, G_max) bool, which slots are real GTs.
+        gt_labels: (B, G_max) integers, in 0..K-1 where ``gt_valid``; padded slots may
+            hold anything.
+        pred_boxes: (B, A, 4) xyxy decoded predictions (detached here; non-finite rows
+            allowed, finite rows not inverted).
+        pred_scores: (B, A, K) class probabilities in [0, 1] (detached here).
+        topk, soft_center_radius, iou_weight: as ``assign_dsl``.
+        max_pairs: bound (int >= 1) on the B * G_chunk * V_max (GT, valid prior) pairs
+            whose costs exist at once (GTs are chunked above it; the result does not depend
+            on it).
+
+    Returns:
+        Assignment with matched_gt (B, A) int64, matched_metric (B, A), gt_threshold
+        (B, G_max) NaN, candidate_index (B, G_max, C) int64 (-1 for padded slots).
+    """
+    anchors = as_boxes(anchors, "anchors")
+    anchors, gt_boxes, gt_valid = as_padded_batch(anchors, gt_boxes, gt_valid)
+    check_level_counts(num_anchors_per_level, len(anchors), "num_anchors_per_level")
+    batch, num_gts = gt_valid.shape
+    num_anchors = len(anchors)
+    check_same_device(pred_boxes, anchors, "pred_boxes", "anchors")
+    check_same_device(pred_scores, anchors, "pred_scores", "anchors")
+    check_same_device(gt_labels, anchors, "gt_labels", "anchors")
+    pred_boxes = as_pred_boxes(pred_boxes, "pred_boxes", (batch, num_anchors, 4))
+    pred_scores = _check_scores(pred_scores, (batch, num_anchors))
+    gt_labels = _check_labels(gt_labels, gt_valid, pred_scores.shape[-1])
+    topk = check_topk(topk)
+    soft_center_radius = check_number(soft_center_radius, "soft_center_radius")
+    iou_weight = check_number(iou_weight, "iou_weight", minimum=0.0)
+    max_pairs = _check_max_pairs(max_pairs)
+    pred_boxes = pred_boxes.detach().to(device=anchors.device, dtype=anchors.dtype)
+    pred_scores = pred_scores.detach().to(device=anchors.device, dtype=anchors.dtype)
+    strides = anchor_strides(anchors)
+    num_candidates = min(topk, num_anchors)
+    device = anchors.device
+
+    valid = torch.zeros((batch, num_anchors), dtype=torch.bool, device=device)
+    for first, last in _chunks(num_gts, max_pairs // max(1, batch * num_anchors)):
+        valid |= valid_priors(gt_boxes[:, first:last], anchors)
+    # pack each image's valid priors to the front, in anchor order
+    num_valid = valid.sum(dim=1)  # (B,)
+    width = int(num_valid.max()) if batch else 0
+    order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices[:, :width]  # (B, V) anchor indices
+    real = torch.arange(width, device=device) < num_valid[:, None]  # (B, V) valid priors, padding after them
+    batch_index = torch.arange(batch, device=device)[:, None]
+    boxes = pred_boxes[batch_index, order]  # (B, V, 4)
+    scores = pred_scores[batch_index, order]  # (B, V, K)
+    centers = _centers(anchors)[order]  # (B, V, 2)
+    prior_strides = strides[order]  # (B, V)
+    negative = negative_costs(scores)
+
+    positions = torch.full((batch, num_gts, num_candidates), -1, dtype=torch.int64, device=device)
+    best_cost = torch.full((batch, width), math.nan, dtype=anchors.dtype, device=device)
+    best_gt = torch.full((batch, width), num_gts, dtype=torch.int64, device=device)
+    for first, last in _chunks(num_gts if width else 0, max_pairs // max(1, batch * width)):
+        chunk_valid = gt_valid[:, first:last]
+        ious = torch.where(real[:, None, :], predicted_ious(gt_boxes[:, first:last], boxes), 0.0)  # (B, g, V)
+        cls_cost = soft_classification_cost(ious, scores, negative, gt_labels[:, first:last])
+        center_prior = soft_center_prior(gt_boxes[:, first:last], centers, prior_strides, soft_center_radius)
+        cost = cls_cost + iou_cost(ious, iou_weight) + center_prior  # (B, g, V)
+        del cls_cost, center_prior
+        cost = torch.where(real[:, None, :], cost, math.inf)  # padding after every valid prior
+        ks = torch.where(chunk_valid & (num_valid[:, None] > 0), dynamic_ks(ious, topk), 0)
+        positions[:, first:last] = select_lowest_costs(cost, ks, num_candidates)
+        _keep_lowest(best_cost, best_gt, torch.where(chunk_valid[..., None], cost, math.nan), first)
+    matched = resolve_conflicts(positions, best_gt, width)  # (B, V)
+
+    matched_gt = torch.full((batch, num_anchors), BACKGROUND, dtype=torch.int64, device=device)
+    matched_gt.scatter_(1, order, matched)  # distinct anchors per row; padding is never matched
+    matched_metric = torch.zeros((batch, num_anchors), dtype=anchors.dtype, device=device)
+    matched_metric.scatter_(1, order, _matched_ious(gt_boxes, boxes, matched))
+    candidate_index = positions  # all -1 when no image has a valid prior
+    if width:
+        candidate_index = torch.where(positions >= 0, order.gather(1, positions.clamp(min=0).flatten(1)).view_as(positions), -1)
+    threshold = torch.full((batch, num_gts), math.nan, dtype=anchors.dtype, device=device)
+    return finish_batch(matched_gt, matched_metric, threshold, candidate_index, gt_valid)
+
+
+# ---------------------------------------------------------------------------------------
+# step helpers; inputs are already validated tensors of one floating dtype on one device
+
+
+def anchor_strides(anchors):
+    """The stride of each prior: its anchor side over 8 (specs/dsl.md §2.1).
+
+    Args:
+        anchors: (A, 4) xyxy (square anchors of side 8 x stride; the width is used).
+
+    Returns:
+        (A,) > 0.
+
+    Raises:
+        ValueError: an anchor of zero width (names the first).
+    """
+    strides = (anchors[:, 2] - anchors[:, 0]) / OCTAVE_BASE_SCALE
+    if not bool((strides > 0).all()):
+        row = int(torch.nonzero(~(strides > 0))[0])
+        raise ValueError(f"anchors: row {row} has zero width, so no stride: {anchors[row].tolist()}")
+    return strides
+
+
+def valid_priors(gt_boxes, anchors):
+    """Whether each anchor centre lies strictly inside at least one GT (specs/dsl.md §2.1).
+
+    Inside means ``min(x - x1, y - y1, x2 - x, y2 - y) > 0`` (mmdetection ``is_in_gts``);
+    a zero-width or zero-height GT (hence a zeroed padded slot) contains no centre.
+
+    Args:
+        gt_boxes: (B, G, 4) xyxy.
+        anchors: (A, 4) xyxy.
+
+    Returns:
+        (B, A) bool.
+    """
+    centers = _centers(anchors)
+    x, y = centers[:, 0], centers[:, 1]
+    x1, y1, x2, y2 = (gt_boxes[..., i, None] for i in range(4))  # (B, G, 1) each
+    margin = torch.minimum(torch.minimum(x - x1, y - y1), torch.minimum(x2 - x, y2 - y))  # (B, G, A)
+    return (margin > 0).any(dim=1)
+
+
+def predicted_ious(gt_boxes, pred_boxes):
+    """IoU between each GT and each prior's decoded prediction (specs/dsl.md §2.2).
+
+    Args:
+        gt_boxes: (B, G, 4) xyxy.
+        pred_boxes: (B, V, 4) xyxy; non-finite rows allowed.
+
+    Returns:
+        (B, G, V) in [0, 1] (specs/boxes.md §2); 0 where the prediction is not finite.
+    """
+    finite = torch.isfinite(pred_boxes).all(dim=-1)
+    safe_boxes = torch.where(finite[..., None], pred_boxes, 0.0)  # placeholder rows, zeroed below
+    return torch.where(finite[:, None, :], aligned_box_iou_unchecked(gt_boxes[:, :, None, :], safe_boxes[:, None, :, :]), 0.0)
+
+
+def binary_cross_entropy(probabilities, targets):
+    """Elementwise binary cross-entropy of probabilities (specs/dsl.md §2.3).
+
+    ``(t - 1) * max(log(1 - p), -100) - t * max(log(p), -100)``: the formula and clamp of
+    torch's ``binary_cross_entropy``, finite for p in [0, 1].
+
+    Args:
+        probabilities, targets: broadcastable tensors (or a float target) in [0, 1].
+
+    Returns:
+        the losses, >= 0.
+    """
+    log_p = torch.log(probabilities).clamp(min=BCE_LOG_CLAMP)
+    log_not_p = torch.log(1.0 - probabilities).clamp(min=BCE_LOG_CLAMP)
+    return (targets - 1.0) * log_not_p - targets * log_p
+
+
+def negative_costs(pred_scores):
+    """Each prior's classification cost of every class taken as a negative (specs/dsl.md §2.3).
+
+    ``n[v, j] = BCE(p_vj, 0) * (0 - p_vj) ** 2``: the term of class ``j`` in the soft
+    classification cost of every GT whose class is not ``j``.
+
+    Args:
+        pred_scores: (B, V, K) probabilities.
+
+    Returns:
+        (B, V, K) >= 0.
+    """
+    scale = 0.0 - pred_scores
+    return binary_cross_entropy(pred_scores, 0.0) * (scale * scale)
+
+
+def soft_classification_cost(ious, pred_scores, negative_costs, gt_labels):
+    """Soft classification cost of each (GT, prior) pair (specs/dsl.md §2.3).
+
+    With the soft label ``y = one_hot(c_g) * IoU``, mmdetection's cost is
+    ``sum_j BCE(p_j, y_j) * (y_j - p_j) ** 2``. Only the GT's class has a non-zero label,
+    so it is computed as ``sum_j n[v, j] - n[v, c_g] + BCE(p_c, IoU) * (IoU - p_c) ** 2``
+    (``n`` from ``negative_costs``), without a (B, G, V, K) tensor.
+
+    Args:
+        ious: (B, G, V), IoU of each prior's prediction with each GT.
+        pred_scores: (B, V, K) probabilities.
+        negative_costs: (B, V, K), ``negative_costs(pred_scores)``.
+        gt_labels: (B, G) int64 in 0..K-1.
+
+    Returns:
+        (B, G, V) >= 0 (up to rounding).
+    """
+    negative_total = negative_costs.sum(dim=-1)  # (B, V)
+    batch_index = torch.arange(len(gt_labels), device=gt_labels.device)[:, None]
+    scores = pred_scores[batch_index, :, gt_labels]  # (B, G, V): p of each GT's class
+    scale = ious - scores
+    positive = binary_cross_entropy(scores, ious) * (scale * scale)
+    return (negative_total[:, None, :] - negative_costs[batch_index, :, gt_labels]) + positive
+
+
+def iou_cost(ious, iou_weight):
+    """``-log(IoU + 1e-7) * iou_weight`` (specs/dsl.md §2.4).
+
+    Args:
+        ious: (B, G, V) in [0, 1].
+        iou_weight: float >= 0.
+
+    Returns:
+        (B, G, V) in [-1e-7, 16.12] * iou_weight (slightly negative at IoU 1).
+    """
+    return -torch.log(ious + DSL_IOU_EPS) * iou_weight
+
+
+def soft_center_prior(gt_boxes, prior_centers, prior_strides, soft_center_radius):
+    """``10 ** (d / s - soft_center_radius)`` (specs/dsl.md §2.5).
+
+    ``d = sqrt(dx * dx + dy * dy)`` is the Euclidean distance between the prior centre and
+    the GT centre, ``s`` the prior's stride (mmdetection's form of the paper's Eq. 3).
+
+    Args:
+        gt_boxes: (B, G, 4) xyxy.
+        prior_centers: (B, V, 2) (x, y).
+        prior_strides: (B, V) > 0.
+        soft_center_radius: float.
+
+    Returns:
+        (B, G, V) > 0 (+inf where float32 overflows, beyond about 41 strides).
+    """
+    gt_centers = _centers(gt_boxes)
+    dx = prior_centers[:, None, :, 0] - gt_centers[:, :, None, 0]
+    dy = prior_centers[:, None, :, 1] - gt_centers[:, :, None, 1]
+    distance = torch.sqrt(dx * dx + dy * dy) / prior_strides[:, None, :]
+    return torch.pow(DSL_CENTER_BASE, distance - soft_center_radius)
+
+
+def dynamic_ks(ious, topk):
+    """Dynamic k of each GT: ``max(1, floor(sum of its min(topk, V) largest IoUs))``
+    (specs/dsl.md §2.6).
+
+    The IoUs are summed one by one from the largest down, so the sum is reproducible.
+
+    Args:
+        ious: (B, G, V) in [0, 1], V >= 1 priors (padded priors with IoU 0 add nothing).
+        topk: int >= 1.
+
+    Returns:
+        (B, G) int64 in 1..min(topk, V).
+    """
+    largest = ious.topk(min(topk, ious.shape[-1]), dim=-1, largest=True, sorted=True).values
+    total = torch.zeros(ious.shape[:-1], dtype=ious.dtype, device=ious.device)
+    for column in range(largest.shape[-1]):
+        total = total + largest[..., column]
+    return torch.floor(total).clamp(min=1.0).to(torch.int64)
+
+
+def select_lowest_costs(cost, ks, num_candidates):
+    """Each GT's ``k_g`` lowest-cost priors (specs/dsl.md §2.7).
+
+    Ordered by (cost, prior position): among equal costs the lower position (the lower
+    anchor index) comes first (specs/conventions.md §5.1). ``_exact_topk`` finds the
+    ``min(num_candidates, V)`` lowest exactly at the cut; a stable sort of them, taken in
+    position order, orders ties inside.
+
+    Args:
+        cost: (B, G, V).
+        ks: (B, G) int64, each <= min(num_candidates, V) (0 selects nothing).
+        num_candidates: C, the width of the result.
+
+    Returns:
+        (B, G, C) int64 positions into the V priors, the first ``k_g`` of row g used, the
+        rest -1.
+    """
+    count = min(num_candidates, cost.shape[-1])
+    positions = torch.full((*cost.shape[:-1], num_candidates), -1, dtype=torch.int64, device=cost.device)
+    if count == 0:
+        return positions
+    _, index = _exact_topk(cost, count)
+    index = index.sort(dim=-1).values  # position order, then a stable sort by cost
+    index = index.gather(-1, cost.gather(-1, index).sort(dim=-1, stable=True).indices)
+    taken = torch.arange(count, device=cost.device) < ks[..., None]
+    positions[..., :count] = torch.where(taken, index, -1)
+    return positions
+
+
+def lowest_cost_gts(cost):
+    """The GT of lowest cost for each prior, among all GTs (specs/dsl.md §2.8).
+
+    Among equal costs the lower GT index wins (specs/conventions.md §5.2). Rows of NaN
+    (padded GT slots) never win.
+
+    Args:
+        cost: (B, G, V).
+
+    Returns:
+        (B, V) int64 in 0..G-1; G where every row is NaN.
+    """
+    lowest = torch.where(torch.isnan(cost), math.inf, cost).amin(dim=1, keepdim=True)  # (B, 1, V)
+    gt_index = torch.arange(cost.shape[1], device=cost.device)[None, :, None]
+    return torch.where(cost == lowest, gt_index, cost.shape[1]).amin(dim=1)
+
+
+def resolve_conflicts(positions, lowest_gt, num_priors):
+    """The GT of each prior after every GT took its priors (specs/dsl.md §2.8).
+
+    A prior taken by no GT is background; by one GT, it goes to that GT; by several GTs,
+    it goes to ``lowest_gt`` (the lowest cost among **all** GTs, which may be a GT that
+    did not take it), as mmdetection's ``dynamic_k_matching`` does.
+
+    Args:
+        positions: (B, G, C) int64, each GT's selected priors (``select_lowest_costs``), -1
+            padded.
+        lowest_gt: (B, V) int64, the lowest-cost GT of each prior (``lowest_cost_gts`` over
+            all GT chunks).
+        num_priors: V.
+
+    Returns:
+        (B, V) int64 in {BACKGROUND, 0..G-1}.
+    """
+    batch, num_gts = positions.shape[:2]
+    target = torch.where(positions >= 0, positions, num_priors).flatten(1)  # -1 -> a spare column
+    claims = torch.zeros((batch, num_priors + 1), dtype=torch.int64, device=positions.device)
+    claims.scatter_add_(1, target, torch.ones_like(target))
+    gt_index = torch.arange(num_gts, device=positions.device)[None, :, None].expand_as(positions).flatten(1)
+    claimant = torch.full((batch, num_priors + 1), BACKGROUND, dtype=torch.int64, device=positions.device)
+    claimant.scatter_reduce_(1, target, gt_index, reduce="amax")  # one claimant: its index
+    spare = torch.full((batch, 1), BACKGROUND, dtype=torch.int64, device=positions.device)
+    return torch.where(claims > 1, torch.cat([lowest_gt, spare], dim=1), claimant)[:, :num_priors]
+
+
+def _check_scores(pred_scores, leading_shape):
+    """``pred_scores`` as a float tensor of shape ``leading_shape + (K,)`` of probabilities, K >= 1."""
+    scores = as_values(pred_scores, "pred_scores", ndim=len(leading_shape) + 1)
+    if tuple(scores.shape[:-1]) != tuple(leading_shape) or scores.shape[-1] < 1:
+        expected = "(" + ", ".join(str(n) for n in leading_shape) + ", K)"
+        raise ValueError(f"pred_scores: expected shape {expected} with K >= 1 (one row per anchor), got {tuple(scores.shape)}")
+    bad = (scores < 0) | (scores > 1)
+    if bool(bad.any()):
+        where = tuple(torch.nonzero(bad)[0].tolist())
+        row = where[0] if len(where) == 2 else where[:-1]
+        raise ValueError(f"pred_scores: row {row} class {where[-1]} is {float(scores[where])}, expected a probability in [0, 1]")
+    return scores
+
+
+def _check_labels(gt_labels, gt_valid, num_classes):
+    """``gt_labels`` as an int64 tensor of the shape of ``gt_valid``, classes in 0..K-1 where
+    valid (padded slots become 0)."""
+    labels = gt_labels if isinstance(gt_labels, torch.Tensor) else torch.as_tensor(np.asarray(gt_labels))
+    if labels.numel() == 0 and labels.is_floating_point():  # an empty list has a float dtype
+        labels = labels.to(torch.int64)
+    if tuple(labels.shape) != tuple(gt_valid.shape) or labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"gt_labels: expected a {tuple(gt_valid.shape)} integer tensor, got shape {tuple(labels.shape)} dtype {labels.dtype}")
+    labels = labels.to(device=gt_valid.device, dtype=torch.int64)
+    bad = gt_valid & ((labels < 0) | (labels >= num_classes))
+    if bool(bad.any()):
+        where = tuple(torch.nonzero(bad)[0].tolist())
+        row = where[0] if len(where) == 1 else where
+        raise ValueError(f"gt_labels: row {row} is {int(labels[where])}, expected a class in 0..{num_classes - 1}")
+    return torch.where(gt_valid, labels, 0)
+
+
+# ---------------------------------------------------------------------------------------
+# detector only
+
+
+def _check_max_pairs(max_pairs):
+    """``max_pairs`` (the memory bound of ``assign_dsl_batched``) must be an int >= 1."""
+    if isinstance(max_pairs, bool) or not isinstance(max_pairs, numbers.Integral) or max_pairs < 1:
+        raise ValueError(f"max_pairs: expected an int >= 1, got {max_pairs!r}")
+    return int(max_pairs)
+
+
+def _chunks(count, size):
+    """``(first, last)`` ranges covering ``0..count`` in steps of ``max(1, size)``."""
+    size = max(1, size)
+    return [(first, min(first + size, count)) for first in range(0, count, size)]
+
+
+def _keep_lowest(best_cost, best_gt, cost, first):
+    """Merge a chunk of GTs (``cost`` (B, g, V), NaN rows for padded slots, GT indices from
+    ``first``) into the running lowest cost (NaN while unset) and GT of each prior, in
+    place. A later chunk wins only with a strictly lower cost, so ties keep the lower GT
+    index."""
+    chunk_gt = lowest_cost_gts(cost)  # (B, V), g where no valid GT
+    found = chunk_gt < cost.shape[1]
+    chunk_cost = cost.gather(1, chunk_gt.clamp(max=cost.shape[1] - 1)[:, None, :])[:, 0]
+    better = found & (torch.isnan(best_cost) | (chunk_cost < best_cost))
+    best_cost.copy_(torch.where(better, chunk_cost, best_cost))
+    best_gt.copy_(torch.where(better, chunk_gt + first, best_gt))
+
+
+def _matched_ious(gt_boxes, pred_boxes, matched):
+    """IoU of each prior's prediction with its matched GT (the soft target, specs/dsl.md §3):
+    (B, G, 4), (B, V, 4), (B, V) -> (B, V); 0 for background and non-finite predictions.
+    The same arithmetic as ``predicted_ious``."""
+    finite = torch.isfinite(pred_boxes).all(dim=-1)
+    safe_boxes = torch.where(finite[..., None], pred_boxes, 0.0)
+    gts = gt_boxes.gather(1, matched.clamp(min=0)[..., None].expand(*matched.shape, 4))  # (B, V, 4)
+    ious = aligned_box_iou_unchecked(gts, safe_boxes)
+    return torch.where((matched >= 0) & finite, ious, 0.0)

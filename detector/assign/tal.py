@@ -1,0 +1,446 @@
+"""TAL: the task-aligned assigner of TOOD (specs/tal.md).
+
+Each anchor and GT have an alignment metric ``t = s ** alpha * u ** beta`` (paper §3.2.1),
+``s`` the predicted probability of the GT's class and ``u`` the IoU of the anchor's decoded
+predicted box with the GT. For each GT, the ``topk`` anchors with the largest ``t`` among
+those whose centre lies inside the GT and whose ``t`` is positive are its positive
+candidates, ties to the lower anchor index; an anchor that is a candidate of several GTs
+goes to the highest IoU, then to the lower GT index. ``matched_metric`` is the normalised
+alignment ``t / max t * max u`` over the GT's final positives, the soft target of the
+classification loss.
+
+The predictions come decoded and as probabilities: the caller decodes its regression
+outputs and applies the sigmoid to its classification logits once (specs/tal.md §1).
+
+Twin of ``reference/assign/tal.py``; ``assign_tal_batched`` holds the algorithm and
+``assign_tal`` runs it on one image, as in ``assign/atss.py``. The step helpers take
+batched tensors: GTs (B, G, 4), labels (B, G), per-GT-and-anchor values (B, G, A). GTs are
+processed in chunks of at most about ``max_elements`` (B * G * A) values; an anchor's best
+GT is merged across chunks (``_merge_chunk``), so the result does not depend on the chunk
+size. The predictions are detached here; half and bfloat16 are up-cast to float32, then
+cast to the dtype of the anchors and GTs.
+"""
+import math
+
+import numpy as np
+import torch
+
+from detector.assign.atss import resolve_multiple_matches
+from detector.assign.batching import DEFAULT_MAX_ELEMENTS, as_padded_batch, finish_batch, one_image
+from detector.boxes import _centers, aligned_box_iou_unchecked, safe_divide
+from detector.conventions import ATSS_INSIDE_EPS, BACKGROUND
+from detector.validation import (
+    as_boxes,
+    as_pred_boxes,
+    as_values,
+    check_max_elements,
+    check_number,
+    check_same_device,
+    check_topk,
+)
+
+#: TOOD's number of positive candidates per GT (mmdetection ``TaskAlignedAssigner(topk=13)``).
+TAL_TOPK = 13
+#: Exponent of the class score in the alignment metric (paper §3.2.1).
+TAL_ALPHA = 1.0
+#: Exponent of the IoU in the alignment metric (paper §3.2.1).
+TAL_BETA = 6.0
+
+
+def assign_tal(
+    anchors,
+    gt_boxes,
+    gt_labels,
+    pred_scores,
+    pred_boxes,
+    *,
+    topk=TAL_TOPK,
+    alpha=TAL_ALPHA,
+    beta=TAL_BETA,
+    inside_eps=ATSS_INSIDE_EPS,
+    max_elements=DEFAULT_MAX_ELEMENTS,
+):
+    """Assign anchors to GTs with TOOD's task-aligned assigner (specs/tal.md §2).
+
+    Args:
+        anchors: (A, 4) xyxy, level-major; only their centres are read (points may be
+            passed as zero-size boxes ``[x, y, x, y]``).
+        gt_boxes: (G, 4) xyxy; zero-area boxes are allowed (they get no positive).
+        gt_labels: (G,) integers in 0..K-1, the class of each GT.
+        pred_scores: (A, K) the network's class probabilities in [0, 1], one row per
+            anchor (they may require grad: they are detached here).
+        pred_boxes: (A, 4) xyxy, the network's decoded box predictions, one per anchor.
+            Rows with a NaN or Inf are allowed: such a prediction has IoU 0 with every GT
+            (§2.2). A finite row must have x1 <= x2 and y1 <= y2.
+        topk: positive candidates per GT (int >= 1), over all levels together.
+        alpha: exponent of the class score (>= 0).
+        beta: exponent of the IoU (>= 0).
+        inside_eps: strict inside margin of the anchor centre, pixels.
+        max_elements: bound on the B * G * A values of one GT chunk (the result does not
+            depend on it).
+
+    Returns:
+        Assignment with matched_gt (A,) int64 in {-1, 0..G-1}; matched_metric (A,) the
+        normalised alignment ``t_hat`` with the assigned GT (0 for background), in
+        [0, max IoU of the GT's positives]; gt_threshold (G,) NaN (TAL has no threshold);
+        candidate_index (G, 0).
+
+    Raises:
+        ValueError: bad boxes, ``pred_scores`` not (A, K) values in [0, 1], ``gt_labels``
+            not (G,) integers in 0..K-1, ``pred_boxes`` not (A, 4) real numbers or a finite
+            inverted row (named), a bad option (named).
+    """
+    anchors = as_boxes(anchors, "anchors")
+    for values, name in ((gt_boxes, "gt_boxes"), (gt_labels, "gt_labels"), (pred_scores, "pred_scores"), (pred_boxes, "pred_boxes")):
+        check_same_device(values, anchors, name, "anchors")
+    # checked here first, so that errors name this image's rows, as the reference's do
+    gt_boxes = as_boxes(gt_boxes, "gt_boxes")
+    pred_scores = _as_scores(pred_scores, "pred_scores", (len(anchors),))
+    valid = torch.ones(len(gt_boxes), dtype=torch.bool, device=gt_boxes.device)
+    gt_labels = _as_labels(gt_labels, "gt_labels", valid, pred_scores.shape[-1])
+    pred_boxes = as_pred_boxes(pred_boxes, "pred_boxes", (len(anchors), 4))
+    device = anchors.device
+    return one_image(
+        assign_tal_batched,
+        (anchors,),
+        gt_boxes.to(device),
+        gt_labels.to(device),
+        pred_scores.to(device),
+        pred_boxes.to(device),
+        topk=topk,
+        alpha=alpha,
+        beta=beta,
+        inside_eps=inside_eps,
+        max_elements=max_elements,
+    )
+
+
+@torch.no_grad()
+def assign_tal_batched(
+    anchors,
+    gt_boxes,
+    gt_valid,
+    gt_labels,
+    pred_scores,
+    pred_boxes,
+    *,
+    topk=TAL_TOPK,
+    alpha=TAL_ALPHA,
+    beta=TAL_BETA,
+    inside_eps=ATSS_INSIDE_EPS,
+    max_elements=DEFAULT_MAX_ELEMENTS,
+):
+    """``assign_tal`` for a batch of images sharing one set of anchors (specs/tal.md §2;
+    specs/conventions.md §4).
+
+    Args:
+        anchors: (A, 4) xyxy, level-major, shared by every image.
+        gt_boxes: (B, G_max, 4) xyxy, padded; padded slots may hold anything.
+        gt_valid: (B, G_max) bool, which slots are real GTs.
+        gt_labels: (B, G_max) integers, in 0..K-1 where ``gt_valid``; padded slots may
+            hold anything.
+        pred_scores: (B, A, K) class probabilities in [0, 1] (detached here).
+        pred_boxes: (B, A, 4) xyxy decoded predictions (detached here; non-finite rows
+            allowed, finite rows not inverted).
+        topk, alpha, beta, inside_eps, max_elements: as ``assign_tal``.
+
+    Returns:
+        Assignment with matched_gt (B, A) int64, matched_metric (B, A), gt_threshold
+        (B, G_max) NaN, candidate_index (B, G_max, 0) int64.
+    """
+    anchors = as_boxes(anchors, "anchors")
+    anchors, gt_boxes, gt_valid = as_padded_batch(anchors, gt_boxes, gt_valid)
+    batch, num_gts = gt_valid.shape
+    num_anchors = len(anchors)
+    check_same_device(gt_labels, anchors, "gt_labels", "anchors")
+    check_same_device(pred_scores, anchors, "pred_scores", "anchors")
+    check_same_device(pred_boxes, anchors, "pred_boxes", "anchors")
+    pred_scores = _as_scores(pred_scores, "pred_scores", (batch, num_anchors))
+    gt_labels = _as_labels(gt_labels, "gt_labels", gt_valid, pred_scores.shape[-1])
+    pred_boxes = as_pred_boxes(pred_boxes, "pred_boxes", (batch, num_anchors, 4))
+    topk = check_topk(topk)
+    alpha = check_number(alpha, "alpha", minimum=0.0)
+    beta = check_number(beta, "beta", minimum=0.0)
+    inside_eps = check_number(inside_eps, "inside_eps", minimum=0.0)
+    max_elements = check_max_elements(max_elements)
+    pred_scores = pred_scores.detach().to(device=anchors.device, dtype=anchors.dtype)
+    pred_boxes = pred_boxes.detach().to(device=anchors.device, dtype=anchors.dtype)
+    gt_labels = gt_labels.to(anchors.device)
+
+    matched_gt = torch.full((batch, num_anchors), BACKGROUND, dtype=torch.int64, device=anchors.device)
+    matched_iou = torch.zeros((batch, num_anchors), dtype=anchors.dtype, device=anchors.device)
+    matched_alignment = torch.zeros_like(matched_iou)
+    chunk = max(1, max_elements // max(1, batch * num_anchors))
+    for start in range(0, num_gts, chunk):
+        part = slice(start, start + chunk)
+        scores = class_scores(pred_scores, gt_labels[:, part])
+        ious = prediction_ious(gt_boxes[:, part], pred_boxes)
+        metrics = alignment_metrics(scores, ious, alpha, beta)
+        inside = anchors_inside(gt_boxes[:, part], anchors, inside_eps)
+        is_candidate = select_topk(metrics, inside & (metrics > 0) & gt_valid[:, part, None], topk)
+        anchor_index = torch.arange(num_anchors, device=anchors.device).expand(metrics.shape)
+        chunk_gt, chunk_iou = resolve_multiple_matches(anchor_index, ious, is_candidate, num_anchors)
+        chunk_alignment = assigned_values(metrics, chunk_gt)
+        matched_gt, matched_iou, matched_alignment = _merge_chunk(
+            (matched_gt, matched_iou, matched_alignment), (chunk_gt, chunk_iou, chunk_alignment), start
+        )
+    matched_metric = normalized_metrics(matched_gt, matched_alignment, matched_iou, num_gts)
+    threshold = torch.full((batch, num_gts), math.nan, dtype=anchors.dtype, device=anchors.device)
+    candidate_index = torch.zeros((batch, num_gts, 0), dtype=torch.int64, device=anchors.device)
+    return finish_batch(matched_gt, matched_metric, threshold, candidate_index, gt_valid)
+
+
+# ---------------------------------------------------------------------------------------
+# step helpers; inputs are already validated tensors of one floating dtype on one device
+
+
+def class_scores(pred_scores, gt_labels):
+    """``s``: each anchor's predicted probability of each GT's class (specs/tal.md §2.1).
+
+    Args:
+        pred_scores: (B, A, K) in [0, 1].
+        gt_labels: (B, G) int64 in 0..K-1.
+
+    Returns:
+        (B, G, A): ``pred_scores[b, a, gt_labels[b, g]]`` at ``[b, g, a]``.
+    """
+    batch, num_anchors = pred_scores.shape[:2]
+    index = gt_labels[:, None, :].expand(batch, num_anchors, gt_labels.shape[1])
+    return pred_scores.gather(2, index).transpose(1, 2)
+
+
+def prediction_ious(gt_boxes, pred_boxes):
+    """``u``: IoU between each GT and every anchor's decoded prediction (specs/tal.md §2.2).
+
+    Args:
+        gt_boxes: (B, G, 4) xyxy.
+        pred_boxes: (B, A, 4) xyxy; non-finite rows allowed.
+
+    Returns:
+        (B, G, A) in [0, 1]; 0 where the prediction is not finite, and where the union
+        is 0 (specs/boxes.md §2). The same arithmetic, in the same order, as
+        ``reference.boxes.box_iou``.
+    """
+    finite = torch.isfinite(pred_boxes).all(dim=-1)
+    safe_boxes = torch.where(finite[..., None], pred_boxes, 0.0)  # placeholder rows, zeroed below
+    ious = aligned_box_iou_unchecked(gt_boxes[:, :, None, :], safe_boxes[:, None, :, :])
+    return torch.where(finite[:, None, :], ious, 0.0)
+
+
+def alignment_metrics(scores, ious, alpha, beta):
+    """``t = s ** alpha * u ** beta`` (paper §3.2.1; specs/tal.md §2.3).
+
+    Integral exponents in 0..64 by binary exponentiation (``_power``): the same IEEE
+    multiplications in both trees.
+
+    Args:
+        scores, ious: (B, G, A) in [0, 1].
+        alpha, beta: floats >= 0.
+
+    Returns:
+        (B, G, A) in [0, 1].
+    """
+    return _power(scores, alpha) * _power(ious, beta)
+
+
+def anchors_inside(gt_boxes, anchors, eps):
+    """Whether each anchor centre lies inside each GT (specs/tal.md §2.4).
+
+    The ATSS test (``atss.centers_inside``) on every anchor:
+    ``min(x - x1, y - y1, x2 - x, y2 - y) > eps`` (strict).
+
+    Args:
+        gt_boxes: (B, G, 4) xyxy.
+        anchors: (A, 4) xyxy.
+        eps: float >= 0.
+
+    Returns:
+        (B, G, A) bool. A zero-width or zero-height GT contains no centre.
+    """
+    centers = _centers(anchors)  # (A, 2)
+    x, y = centers[:, 0], centers[:, 1]
+    x1, y1, x2, y2 = (gt_boxes[..., i, None] for i in range(4))
+    margin = torch.minimum(torch.minimum(x - x1, y - y1), torch.minimum(x2 - x, y2 - y))
+    return margin > eps
+
+
+def select_topk(metrics, eligible, topk):
+    """Each GT's positive candidates: its ``topk`` best eligible anchors (specs/tal.md §2.5).
+
+    The ``min(topk, #eligible)`` eligible anchors with the largest metric, ordered by
+    (metric descending, anchor index ascending): among equal metrics the lower anchor index
+    wins.
+    Exactly so on every device without sorting: ``torch.topk`` gives the k-th largest value
+    (its order among ties is unspecified, its values are not); every eligible anchor above
+    it is taken, and of those equal to it the lowest indices that fill the ``topk``.
+
+    Args:
+        metrics: (B, G, A), the alignment metrics.
+        eligible: (B, G, A) bool, inside the GT with a positive metric.
+        topk: int >= 1.
+
+    Returns:
+        (B, G, A) bool, at most ``topk`` True per row, only where ``eligible``.
+    """
+    count = min(topk, metrics.shape[-1])
+    if count == 0 or metrics.numel() == 0:
+        return torch.zeros_like(eligible)
+    key = torch.where(eligible, metrics, -math.inf)
+    kth = key.topk(count, dim=-1).values[..., -1:]  # (B, G, 1); -inf when fewer are eligible
+    above = key > kth
+    tied = eligible & (key == kth)
+    missing = count - above.sum(dim=-1, keepdim=True)
+    return above | (tied & (tied.cumsum(dim=-1) <= missing))
+
+
+def assigned_values(values, matched_gt):
+    """Each anchor's value with its assigned GT: ``values[b, matched_gt[b, a], a]``, 0 for
+    background.
+
+    Args:
+        values: (B, G, A).
+        matched_gt: (B, A) int64 in {-1, 0..G-1}.
+
+    Returns:
+        (B, A).
+    """
+    positive = matched_gt >= 0
+    gathered = values.gather(1, matched_gt.clamp(min=0)[:, None, :])[:, 0, :]
+    return torch.where(positive, gathered, 0.0)
+
+
+def _merge_chunk(best, chunk, offset):
+    """Merge a GT chunk's winners into the running ones (detector only; §2.6).
+
+    An anchor moves to the chunk's GT when it has one and its IoU is strictly higher than
+    the running one's (or the anchor had none): equal IoUs keep the earlier chunk, whose
+    GT indices are lower, as the lower-GT-index rule asks.
+
+    Args:
+        best: (matched_gt, matched_iou, matched_alignment), each (B, A): the winners so far.
+        chunk: the same for the chunk, with GT indices counted from the chunk's start.
+        offset: the chunk's first GT index.
+
+    Returns:
+        the merged (matched_gt, matched_iou, matched_alignment).
+    """
+    best_gt, best_iou, best_alignment = best
+    chunk_gt, chunk_iou, chunk_alignment = chunk
+    take = (chunk_gt >= 0) & ((best_gt < 0) | (chunk_iou > best_iou))
+    return (
+        torch.where(take, chunk_gt + offset, best_gt),
+        torch.where(take, chunk_iou, best_iou),
+        torch.where(take, chunk_alignment, best_alignment),
+    )
+
+
+def normalized_metrics(matched_gt, matched_alignment, matched_iou, num_gts):
+    """The soft targets ``t_hat = t / T_g * U_g`` (specs/tal.md §2.7).
+
+    ``T_g`` and ``U_g`` are the largest alignment and the largest IoU among the final
+    positives of GT ``g``. Every positive has ``t > 0``, so ``T_g > 0`` wherever it is read:
+    no eps (the zero-safe division only keeps background at 0).
+    Two scatter reductions (amax) per image and GT slot.
+
+    Args:
+        matched_gt: (B, A) int64 in {-1, 0..G-1}.
+        matched_alignment: (B, A), ``t`` with the assigned GT (0 for background).
+        matched_iou: (B, A), ``u`` with the assigned GT (0 for background).
+        num_gts: G (G_max).
+
+    Returns:
+        (B, A) in [0, 1]: ``(t / T_g) * U_g`` for a positive of ``g``, 0 for background.
+    """
+    if num_gts == 0:
+        return torch.zeros_like(matched_alignment)
+    batch = matched_gt.shape[0]
+    positive = matched_gt >= 0
+    offsets = torch.arange(batch, device=matched_gt.device)[:, None] * num_gts
+    flat_index = (matched_gt.clamp(min=0) + offsets).reshape(-1)
+    zeros = torch.zeros(batch * num_gts, dtype=matched_alignment.dtype, device=matched_alignment.device)
+    # background rows hold 0, which cannot raise a maximum of values >= 0
+    best_alignment = zeros.scatter_reduce(0, flat_index, torch.where(positive, matched_alignment, 0.0).reshape(-1), "amax")
+    best_iou = zeros.scatter_reduce(0, flat_index, torch.where(positive, matched_iou, 0.0).reshape(-1), "amax")
+    best_alignment = best_alignment[flat_index].reshape(matched_gt.shape)
+    best_iou = best_iou[flat_index].reshape(matched_gt.shape)
+    return safe_divide(matched_alignment, best_alignment, where=positive) * best_iou
+
+
+# ---------------------------------------------------------------------------------------
+# private helpers
+
+
+def _power(values, exponent):
+    """``values ** exponent`` for values in [0, 1] and a float exponent >= 0 (§2.3).
+
+    An integral exponent in 0..64 by binary exponentiation, from the lowest bit, with
+    ``result`` starting at 1: ``x ** 0 = 1`` (also ``0 ** 0``) and ``x ** 1 = x`` exactly.
+    Other exponents use ``torch.pow``.
+    """
+    if not (exponent.is_integer() and exponent <= 64):
+        return torch.pow(values, exponent)
+    result = torch.ones_like(values)
+    base = values
+    remaining = int(exponent)
+    while remaining:
+        if remaining & 1:
+            result = result * base
+        remaining >>= 1
+        if remaining:
+            base = base * base
+    return result
+
+
+def _as_scores(scores, name, shape):
+    """Check and convert class probabilities: ``shape + (K,)``, K >= 1, finite, in [0, 1]
+    -> float tensor (``shape`` is (A,) or (B, A)).
+
+    Raises:
+        ValueError: wrong dtype or shape; a value that is NaN or outside [0, 1] (names the
+            first such row).
+    """
+    tensor = as_values(scores, name, len(shape) + 1, finite=False)
+    if tuple(tensor.shape[:-1]) != tuple(shape) or tensor.shape[-1] < 1:
+        expected = "(" + ", ".join(str(n) for n in shape) + ", K)"
+        raise ValueError(f"{name}: expected shape {expected} with K >= 1 (one row per anchor), got {tuple(tensor.shape)}")
+    if tensor.numel() == 0:
+        return tensor
+    low, high = torch.aminmax(tensor)  # one reduction in the common case; NaN propagates
+    if not bool((low >= 0) & (high <= 1)):
+        bad = ~((tensor >= 0) & (tensor <= 1)).all(dim=-1)  # NaN fails both comparisons
+        row = _first_index(bad)
+        raise ValueError(f"{name}: row {row} has a score that is NaN or outside [0, 1]: {tensor[row].tolist()}")
+    return tensor
+
+
+def _as_labels(labels, name, valid, num_classes):
+    """Check and convert GT labels: integers in 0..K-1 where ``valid`` -> int64 tensor of
+    ``valid``'s shape, 0 in the slots that are not valid (an empty array may have any real
+    dtype).
+
+    Raises:
+        ValueError: a non-integer dtype, a wrong shape, a valid label outside 0..K-1 (names
+            the first such row).
+    """
+    tensor = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
+    if tuple(tensor.shape) != tuple(valid.shape):
+        expected = "(" + ", ".join(str(n) for n in valid.shape) + ("," if valid.ndim == 1 else "") + ")"
+        raise ValueError(f"{name}: expected shape {expected} (one label per GT), got {tuple(tensor.shape)}")
+    if tensor.numel() == 0 and tensor.dtype != torch.bool and not tensor.is_complex():
+        return torch.zeros(tuple(valid.shape), dtype=torch.int64, device=tensor.device)
+    if tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
+        raise ValueError(f"{name}: expected integer class indices, got {tensor.dtype}")
+    valid = valid.to(tensor.device)
+    tensor = torch.where(valid, tensor.long(), 0)
+    bad = valid & ((tensor < 0) | (tensor >= num_classes))
+    if bool(bad.any()):
+        row = _first_index(bad)
+        raise ValueError(f"{name}: row {row} has label {int(tensor[row])}, expected 0..{num_classes - 1} "
+                         f"(pred_scores has K = {num_classes} classes)")
+    return tensor
+
+
+def _first_index(mask):
+    """Index of the first True entry of a (N,) or (B, N) mask: an int or a (b, n) tuple."""
+    index = torch.nonzero(mask)[0].tolist()
+    return index[0] if len(index) == 1 else tuple(index)
