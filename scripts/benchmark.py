@@ -37,6 +37,12 @@ from reference.assign import anchor_free as r_af  # noqa: E402
 from reference.assign import atss as r_atss  # noqa: E402
 from reference.assign import dynamic_atss as r_datss  # noqa: E402
 from reference.assign import max_iou as r_maxiou  # noqa: E402
+from reference.assign import dsl as r_dsl  # noqa: E402
+from reference.assign import simota as r_simota  # noqa: E402
+from reference.assign import tal as r_tal  # noqa: E402
+from detector.assign import dsl as d_dsl  # noqa: E402
+from detector.assign import simota as d_simota  # noqa: E402
+from detector.assign import tal as d_tal  # noqa: E402
 
 IMAGE_SIZE = (800, 1333)
 NUM_CLASSES = 80
@@ -77,18 +83,23 @@ def scene(num_gts, batch, seed=0):
     deltas = rng.normal(0, 0.3, size=(batch, len(anchors), 4))  # (B, A, 4)
     pred_boxes = np.stack([r_coders.decode_deltas(anchors, image_deltas) for image_deltas in deltas])  # (B, A, 4)
     labels = rng.integers(0, NUM_CLASSES, size=(batch, num_gts))
-    return dict(anchors=anchors, anchor_counts=anchor_counts, points=points, point_counts=point_counts, gts=gts, deltas=deltas, pred_boxes=pred_boxes, labels=labels)
+    scores = rng.uniform(0, 1, size=(batch, len(anchors), NUM_CLASSES)) ** 4  # (B, A, K) mostly low probabilities
+    return dict(anchors=anchors, anchor_counts=anchor_counts, points=points, point_counts=point_counts, gts=gts, deltas=deltas, pred_boxes=pred_boxes, labels=labels, scores=scores)
 
 
 def reference_calls(s):
     a, ac, p, pc = s["anchors"], s["anchor_counts"], s["points"], s["point_counts"]
     gt, pred_boxes = s["gts"][0], s["pred_boxes"][0]
+    labels, scores = s["labels"][0], s["scores"][0]
     return {
         "max_iou": lambda: r_maxiou.assign_max_iou(a, gt),
         "atss": lambda: r_atss.assign_atss(a, ac, gt),
         "dynamic_atss": lambda: r_datss.assign_dynamic_atss(a, ac, gt, pred_boxes),
         "pseudo_iou": lambda: r_af.assign_pseudo_iou(p, pc, gt),
         "fcos": lambda: r_af.assign_fcos(p, pc, gt),
+        "tal": lambda: r_tal.assign_tal(a, gt, labels, scores, pred_boxes),
+        "simota": lambda: r_simota.assign_simota(a, ac, gt, labels, pred_boxes, scores),
+        "dsl": lambda: r_dsl.assign_dsl(a, ac, gt, labels, pred_boxes, scores),
     }
 
 
@@ -99,6 +110,7 @@ def torch_calls(s, device, dtype=torch.float32):
     a, p = t(s["anchors"]), t(s["points"])
     ac, pc = s["anchor_counts"], s["point_counts"]
     gt, pred_boxes = t(s["gts"]), t(s["pred_boxes"])
+    labels, scores = torch.as_tensor(s["labels"], device=device), t(s["scores"])
     valid = torch.ones(gt.shape[:2], dtype=torch.bool, device=device)
     return {
         "max_iou": lambda: d_maxiou.assign_max_iou_batched(a, gt, valid),
@@ -106,6 +118,9 @@ def torch_calls(s, device, dtype=torch.float32):
         "dynamic_atss": lambda: d_datss.assign_dynamic_atss_batched(a, ac, gt, valid, pred_boxes),
         "pseudo_iou": lambda: d_af.assign_pseudo_iou_batched(p, pc, gt, valid),
         "fcos": lambda: d_af.assign_fcos_batched(p, pc, gt, valid),
+        "tal": lambda: d_tal.assign_tal_batched(a, gt, valid, labels, scores, pred_boxes),
+        "simota": lambda: d_simota.assign_simota_batched(a, ac, gt, valid, labels, pred_boxes, scores),
+        "dsl": lambda: d_dsl.assign_dsl_batched(a, ac, gt, valid, labels, pred_boxes, scores),
     }
 
 

@@ -17,39 +17,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmark import NUM_CLASSES, machine, scene, timed, torch_calls  # noqa: E402
-
-from detector.assign.dsl import assign_dsl_batched  # noqa: E402
-from detector.assign.simota import assign_simota_batched  # noqa: E402
-from detector.assign.tal import assign_tal_batched  # noqa: E402
+from benchmark import machine, scene, timed, torch_calls  # noqa: E402
 
 CASES = ((16, 5), (16, 100), (1, 100), (2, 1000), (1, 3000))
 ASSIGNERS = ("atss", "dynamic_atss", "max_iou", "pseudo_iou", "fcos", "tal", "simota", "dsl")
-
-
-def score_aware_calls(s, device):
-    """TAL, SimOTA and DSL on the scene, with random class probabilities (B, A, K = 80)."""
-    generator = torch.Generator().manual_seed(0)
-    a = torch.as_tensor(s["anchors"], dtype=torch.float32, device=device)
-    gt = torch.as_tensor(s["gts"], dtype=torch.float32, device=device)
-    pred = torch.as_tensor(s["pred_boxes"], dtype=torch.float32, device=device)
-    labels = torch.as_tensor(s["labels"], device=device)
-    valid = torch.ones(gt.shape[:2], dtype=torch.bool, device=device)
-    scores = torch.rand(*pred.shape[:2], NUM_CLASSES, generator=generator).to(device)
-    counts = s["anchor_counts"]
-    return {
-        "tal": lambda: assign_tal_batched(a, gt, valid, labels, scores, pred),
-        "simota": lambda: assign_simota_batched(a, counts, gt, valid, labels, pred, scores),
-        "dsl": lambda: assign_dsl_batched(a, counts, gt, valid, labels, pred, scores),
-    }
 
 
 def run(repeats):
     device = torch.device("cuda")
     rows = []
     for batch, num_gts in CASES:
-        current = scene(num_gts, batch)
-        calls = torch_calls(current, device) | score_aware_calls(current, device)
+        calls = torch_calls(scene(num_gts, batch), device)
         for name in ASSIGNERS:
             call = calls[name]
             torch.cuda.synchronize()
