@@ -358,8 +358,8 @@ def _predict(model, config, images, padded_size):
 def _candidate_values(options, priors, targets, assignment, pred_boxes, iteration, max_iterations, num_gts):
     """Each GT's candidates (location indices) and their values, from the assigners' own
     step helpers; see ``Explanation.candidates`` / ``candidate_values``."""
-    if priors.anchors is not None and assignment.candidate_index.shape[-1] > 0:  # the ATSS family
-        index = assignment.candidate_index  # (1, G_max, C)
+    if isinstance(options, (AtssOptions, DynamicAtssOptions)) and assignment.candidate_index.shape[-1] > 0:
+        index = assignment.candidate_index  # (1, G_max, C): the ATSS family's candidates, no -1 padding
         values = {"anchor_iou": candidate_ious(targets.gt_boxes, priors.anchors, index)}
         if isinstance(options, DynamicAtssOptions):
             pred_weight, anchor_weight = dynamic_weights(options, iteration, max_iterations)
@@ -375,6 +375,10 @@ def _candidate_values(options, priors, targets, assignment, pred_boxes, iteratio
         matched, metric = steps.matched_gt[0], steps.matched_metric[0]
         candidates = [torch.nonzero(matched == g).flatten().numpy() for g in range(num_gts)]
         return candidates, [{"pseudo_iou": metric[c].numpy()} for c in candidates]
+    if assignment.candidate_index.shape[-1] > 0:  # TAL, SimOTA, DSL: each GT's selected anchors, -1 padded
+        index = assignment.candidate_index[0]
+        candidates = [index[g][index[g] >= 0].numpy() for g in range(num_gts)]
+        return candidates, [{} for _ in range(num_gts)]
     empty = np.zeros(0, dtype=np.int64)
     return [empty for _ in range(num_gts)], [{} for _ in range(num_gts)]
 

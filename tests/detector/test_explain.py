@@ -65,14 +65,16 @@ def training_assignment(config, image, target, model=None):
     targets = pad_targets(batch.targets)
     model = model if model is not None else Detector(config, NUM_CLASSES)
     priors = model.priors(padded)
-    pred_boxes = None
-    if config.assign.name == "dynamic_atss":
+    pred_boxes = pred_scores = None
+    if config.assign.name in ("dynamic_atss", "tal", "simota", "dsl"):
         from detector.data.transforms import Normalize
 
         with torch.no_grad():
             outputs = model(Normalize.for_style(config.backbone.style)(batch.images, {})[0])
         pred_boxes = priors.decode(outputs.box_regression.float()).detach()
-    assignment = assign(config.assign, priors, targets, pred_boxes, 0, 1)
+        pred_scores = outputs.cls_logits.float().sigmoid()
+    assignment = assign(config.assign, priors, targets, pred_boxes, 0, 1,
+                        pred_scores=pred_scores if config.assign.name in ("tal", "simota", "dsl") else None)
     return apply_ignore_regions(priors, assignment, targets), priors
 
 
@@ -107,6 +109,21 @@ def test_positives_are_the_assigners_output(scene, name, extra):
         assert set(positives) <= set(explanation.candidates[g].tolist())
         drawn = [c for c in figure.axes[0].collections if c.get_gid().startswith(f"candidates-gt{g}-")]
         assert sum(len(c.get_offsets()) for c in drawn) == len(explanation.candidates[g])
+
+
+@pytest.mark.parametrize("name", ["demo_tal", "demo_simota", "demo_dsl"])
+def test_score_reading_assigners_are_explained_with_the_models_scores(scene, name):
+    """TAL, SimOTA and DSL read the class probabilities: the explanation assigns as training
+    does, and lists each GT's selected anchors without the -1 padding of candidate_index."""
+    image, target = scene
+    config = tiny(name, "assign.atss_warmup=0" if name == "demo_tal" else "loss.soft_target=assigner")
+    model = random_model(config)
+    explanation = explain_assignment(config, image, target, model=model, normalized=False)
+    expected, _ = training_assignment(config, image, target, model)
+    np.testing.assert_array_equal(explanation.matched_gt, expected.matched_gt[0].numpy())
+    assert (explanation.matched_gt >= 0).any()
+    assert all((c >= 0).all() for c in explanation.candidates)
+    draw_explanation(explanation)
 
 
 def test_atss_values_and_thresholds(scene):
