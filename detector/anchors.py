@@ -1,14 +1,22 @@
 """Anchor and point generators (specs/anchors.md). Twin of ``reference/anchors.py``.
 
-One location per feature-map cell; centres at ``(i + offset) * stride``; levels
-concatenated level-major, rows (y) outer, columns (x) inner (specs/conventions.md §3).
+One location per feature-map cell; centres at ``(i + offset) * stride``. Anchors may be
+several per location (scales x aspect ratios). Levels concatenated level-major, rows (y)
+outer, columns (x) inner, then the anchors of a location (specs/conventions.md §3).
 Every generator takes ``device`` and ``dtype`` (default: CPU, the default float dtype).
 """
 import math
 
 import torch
 
-from detector.conventions import DEFAULT_CENTER_OFFSET, DEFAULT_STRIDES, OCTAVE_BASE_SCALE
+from detector.conventions import (
+    ANCHOR_QUANTUM,
+    DEFAULT_ANCHOR_RATIOS,
+    DEFAULT_ANCHOR_SCALES,
+    DEFAULT_CENTER_OFFSET,
+    DEFAULT_STRIDES,
+    OCTAVE_BASE_SCALE,
+)
 
 
 def feature_sizes(image_size, strides=DEFAULT_STRIDES):
@@ -35,17 +43,43 @@ def level_points(feature_size, stride, center_offset=DEFAULT_CENTER_OFFSET, *, d
     return torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1)
 
 
-def level_anchors(
-    feature_size, stride, octave_base_scale=OCTAVE_BASE_SCALE, center_offset=DEFAULT_CENTER_OFFSET, *, device=None, dtype=None
-):
-    """Square anchors of one level, one per location (specs/anchors.md §3).
+def anchor_shapes(base_size, scales=DEFAULT_ANCHOR_SCALES, ratios=DEFAULT_ANCHOR_RATIOS, *, device=None, dtype=None):
+    """Widths and heights of the anchors of one location (specs/anchors.md §3).
 
     Returns:
-        (A_l, 4) xyxy squares of side ``octave_base_scale * stride`` centred on the points.
+        (R * S, 2) ``(w, h)``, for each ratio (outer) each scale (inner): anchor
+        ``i * S + j`` has ``w = base_size * scales[j] / sqrt(ratios[i])``,
+        ``h = base_size * scales[j] * sqrt(ratios[i])`` (computed in Python floats, then
+        converted: the reference's float64 values). With several anchors (R * S > 1) each
+        half side is rounded to the nearest multiple of ``ANCHOR_QUANTUM`` (2^-8 px): exact
+        coordinates, and the anchors of a location share their centre bit for bit.
     """
-    half = octave_base_scale * stride / 2
-    points = level_points(feature_size, stride, center_offset, device=device, dtype=dtype)
-    return torch.cat([points - half, points + half], dim=1)
+    scales, ratios = _check_factors(scales, "scales"), _check_factors(ratios, "ratios")
+    snap = len(scales) * len(ratios) > 1
+    shapes = []
+    for ratio in ratios:
+        root = math.sqrt(ratio)
+        for scale in scales:
+            side = base_size * scale
+            shapes.append((_snap(side / root, snap), _snap(side * root, snap)))
+    return torch.tensor(shapes, device=device, dtype=torch.float64).to(dtype or torch.get_default_dtype())
+
+
+def level_anchors(
+    feature_size, stride, octave_base_scale=OCTAVE_BASE_SCALE, center_offset=DEFAULT_CENTER_OFFSET,
+    scales=DEFAULT_ANCHOR_SCALES, ratios=DEFAULT_ANCHOR_RATIOS, *, device=None, dtype=None
+):
+    """Anchors of one level, ``n = len(scales) * len(ratios)`` per location (specs/anchors.md §3).
+
+    Returns:
+        (A_l, 4) xyxy, A_l = H_l * W_l * n, centred on the points; location ``y * W_l + x``
+        holds anchors ``(y * W_l + x) * n + a``, ``a`` in ``anchor_shapes`` order.
+    """
+    dtype = dtype or torch.get_default_dtype()
+    half = anchor_shapes(octave_base_scale * stride, scales, ratios, device=device, dtype=torch.float64) / 2  # (n, 2)
+    half = half.to(dtype)
+    points = level_points(feature_size, stride, center_offset, device=device, dtype=dtype)[:, None, :]  # (H_l * W_l, 1, 2)
+    return torch.cat([points - half, points + half], dim=2).reshape(-1, 4)
 
 
 def multi_level_points(
@@ -89,23 +123,28 @@ def multi_level_anchors(
     octave_base_scale=OCTAVE_BASE_SCALE,
     center_offset=DEFAULT_CENTER_OFFSET,
     level_sizes=None,
+    scales=DEFAULT_ANCHOR_SCALES,
+    ratios=DEFAULT_ANCHOR_RATIOS,
     *,
     device=None,
     dtype=None,
 ):
-    """ATSS anchors of all levels (specs/anchors.md §4).
+    """Anchors of all levels (specs/anchors.md §4), ``n = len(scales) * len(ratios)`` per
+    location (one square anchor by default, as ATSS).
 
-    Args as ``multi_level_points``, plus ``octave_base_scale`` as in ``level_anchors``.
+    Args as ``multi_level_points``, plus ``octave_base_scale``, ``scales`` and ``ratios`` as
+    in ``level_anchors``.
 
     Returns:
-        anchors: (A, 4) xyxy, level-major.
-        num_anchors_per_level: list of L ints summing to A.
+        anchors: (A, 4) xyxy, in (level, row, column, anchor) order.
+        num_anchors_per_level: list of L ints summing to A, ``H_l * W_l * n`` each.
     """
     strides = _check_strides(strides)
     dtype = dtype or torch.get_default_dtype()
     sizes = _level_sizes(image_size, strides, level_sizes)
     anchors = [
-        level_anchors(size, s, octave_base_scale, center_offset, device=device, dtype=dtype) for size, s in zip(sizes, strides)
+        level_anchors(size, s, octave_base_scale, center_offset, scales, ratios, device=device, dtype=dtype)
+        for size, s in zip(sizes, strides)
     ]
     return (torch.cat(anchors) if anchors else torch.zeros((0, 4), device=device, dtype=dtype)), [len(a) for a in anchors]
 
@@ -141,3 +180,15 @@ def _check_strides(strides):
     if any(not (s > 0) for s in strides):
         raise ValueError(f"strides: expected positive strides, got {strides}")
     return strides
+
+
+def _check_factors(values, name):
+    values = [float(v) for v in values]
+    if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+        raise ValueError(f"{name}: expected at least one positive finite value, got {values}")
+    return values
+
+
+def _snap(side, snap):
+    """``side`` itself, or with ``snap`` twice its half rounded to a multiple of ANCHOR_QUANTUM."""
+    return 2.0 * (round(side / 2.0 / ANCHOR_QUANTUM) * ANCHOR_QUANTUM) if snap else side

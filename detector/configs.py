@@ -20,10 +20,19 @@ import types
 import typing
 from dataclasses import dataclass, field, replace
 
+from detector.conventions import (
+    DEFAULT_ANCHOR_RATIOS,
+    DEFAULT_ANCHOR_SCALES,
+    DELTA_STDS,
+    RETINANET_ANCHOR_RATIOS,
+    RETINANET_ANCHOR_SCALES,
+    RETINANET_DELTA_STDS,
+    RETINANET_OCTAVE_BASE_SCALE,
+)
 from detector.data.loaders import DATASETS
 from detector.data.voc import parse_voc_set
 from detector.evaluation import METRICS
-from detector.losses import BOX_LOSSES, CLS_LOSSES, QUALITY_BRANCHES, SOFT_TARGETS
+from detector.losses import BOX_LOSSES, CLS_LOSSES, DELTA_BOX_LOSSES, QUALITY_BRANCHES, SOFT_TARGETS
 from detector.modeling.assigners import (
     ASSIGNERS,
     FAMILIES,
@@ -102,6 +111,15 @@ class HeadConfig:
     ``family=anchor_based`` (one square anchor per location, for the assigner),
     ``quality=none`` (the class score is the quality) and ``loss.cls=qfl``.
     ``reg_max``: the largest bin of the GFL / GFLV2 distributions (16; ignored by "atss").
+    "retinanet" (RetinaNet, specs/model.md §3.2): no quality branch, no per-level Scale.
+
+    Anchors (anchor-based family; specs/anchors.md §3): ``anchor_scale`` is the octave base
+    scale (the scale-1, ratio-1 anchor has side ``anchor_scale * stride``: ATSS 8, RetinaNet
+    4); ``anchor_scales`` multiply that side and ``anchor_ratios`` are aspect ratios h / w,
+    ``len(anchor_scales) * len(anchor_ratios)`` anchors per location, for each ratio each
+    scale (the defaults: one square anchor; RetinaNet: 2^0, 2^(1/3), 2^(2/3) x 0.5, 1, 2).
+    ``delta_stds``: the delta-xywh coder's standard deviations (specs/coders.md; RetinaNet
+    as mmdetection: all 1). ``norm``: "gn" (GroupNorm in the towers) or "none" (RetinaNet).
     """
 
     family: str = "anchor_based"
@@ -113,6 +131,10 @@ class HeadConfig:
     anchor_scale: float = 8.0
     type: str = "atss"
     reg_max: int = 16
+    anchor_scales: tuple = DEFAULT_ANCHOR_SCALES
+    anchor_ratios: tuple = DEFAULT_ANCHOR_RATIOS
+    delta_stds: tuple = DELTA_STDS
+    norm: str = "gn"
 
 
 @dataclass(frozen=True)
@@ -300,6 +322,17 @@ def validate(config):
         reg_max = config.head.reg_max
         if isinstance(reg_max, bool) or not isinstance(reg_max, int) or reg_max < 1:
             raise ValueError(f"head.reg_max: expected an int >= 1, got {reg_max!r}")
+    if config.head.type == "vfnet":  # specs/model.md §3.3
+        needs = (("head.family", config.head.family, ("anchor_based",)), ("head.quality", config.head.quality, ("none",)),
+                 ("loss.cls", config.loss.cls, ("vfl",)), ("loss.box", config.loss.box, ("giou", "iou")),
+                 ("loss.soft_target", config.loss.soft_target, ("iou",)))
+        for key, value, expected in needs:
+            if value not in expected:
+                raise ValueError(f"{key}: head.type=vfnet needs {key}={' or '.join(expected)}, got {value!r}")
+        if len(config.head.anchor_scales) * len(config.head.anchor_ratios) != 1:
+            raise ValueError("head.anchor_scales, head.anchor_ratios: head.type=vfnet has one anchor per location "
+                             f"(for the assigner), got {config.head.anchor_scales} x {config.head.anchor_ratios}")
+    _validate_anchors(config)
     choice(config.loss.cls, CLS_LOSSES, "loss.cls")
     choice(config.loss.box, BOX_LOSSES, "loss.box")
     choice(config.head.quality, QUALITY_BRANCHES, "head.quality")
@@ -325,7 +358,7 @@ def validate(config):
     if config.head.quality != "none" and config.inference.score_mode == "cls":
         raise ValueError("inference.score_mode: 'cls' ignores the quality branch; use 'sqrt' or 'product'")
     for key, value in (("head.width", config.head.width), ("fpn.out_channels", config.fpn.out_channels)):
-        if value % config.head.gn_groups:
+        if config.head.norm == "gn" and value % config.head.gn_groups:
             raise ValueError(f"{key}: {value} is not divisible by head.gn_groups={config.head.gn_groups}")
     if config.solver.batch_size < 1 or config.solver.epochs < 1:
         raise ValueError("solver.batch_size, solver.epochs: expected positive ints")
@@ -358,6 +391,35 @@ def validate(config):
         if config.data.dataset == "voc" and not sets:
             raise ValueError(f"data.{key}: data.dataset=voc needs at least one 'YEAR/SPLIT' set, e.g. 2007/test")
     return config
+
+
+def _validate_anchors(config):
+    """The anchors, the head norm, the box coder and the delta box losses of ``config.head``."""
+    from detector.modeling.head import HEAD_NORMS
+
+    head = config.head
+    if head.norm not in HEAD_NORMS:
+        raise ValueError(f"head.norm: expected one of {', '.join(HEAD_NORMS)}; got {head.norm!r}")
+    for key, values in (("head.anchor_scales", head.anchor_scales), ("head.anchor_ratios", head.anchor_ratios)):
+        if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf)
+                             for v in values):
+            raise ValueError(f"{key}: expected positive finite numbers, got {values!r}")
+    if not (isinstance(head.anchor_scale, (int, float)) and 0 < head.anchor_scale < math.inf):
+        raise ValueError(f"head.anchor_scale: expected a positive number, got {head.anchor_scale!r}")
+    if len(head.delta_stds) != 4 or any(not (isinstance(v, (int, float)) and 0 < v < math.inf) for v in head.delta_stds):
+        raise ValueError(f"head.delta_stds: expected 4 positive numbers, got {head.delta_stds!r}")
+    several = len(head.anchor_scales) * len(head.anchor_ratios) > 1
+    if several and (head.family != "anchor_based" or head.type in ("gfl", "gflv2")):
+        raise ValueError(f"head.anchor_scales, head.anchor_ratios: several anchors per location need "
+                         f"head.family=anchor_based and a head.type other than gfl / gflv2, got family={head.family}, "
+                         f"type={head.type}")
+    if head.type == "retinanet":
+        for key, value, expected in (("head.family", head.family, "anchor_based"), ("head.quality", head.quality, "none")):
+            if value != expected:
+                raise ValueError(f"{key}: head.type=retinanet needs {key}={expected}, got {value!r}")
+    if config.loss.box in DELTA_BOX_LOSSES and (head.family != "anchor_based" or head.type in ("gfl", "gflv2")):
+        raise ValueError(f"loss.box={config.loss.box}: a loss on delta-xywh codes needs head.family=anchor_based and a "
+                         f"head.type other than gfl / gflv2 (got {head.family}, {head.type})")
 
 
 # ----------------------------------------------------------------------------------------
@@ -772,10 +834,12 @@ def _build_configs():
                     assign=PseudoIouOptions(), box="giou", quality="centerness"), data=COCO_DATA),
     ]
     configs += _dcn_configs(dyn, piou, r101_2x, piou_r101_2x)
+    configs += _retinanet_configs(piou)
     configs += _voc_configs(piou)
     configs += _prediction_aware_configs()
     configs += _demo_configs()
     configs += _gfl_configs()
+    configs += _vfnet_configs()
     return {c.name: validate(c) for c in configs}
 
 
@@ -912,6 +976,90 @@ def _gfl_configs():
         demo_gflv2,
         replace(demo_gflv2, name="demo_gflv2_ciou",
                 description="tiny GFLV2 detector with combined IoUs (Dynamic ATSS) on digits, CPU", assign=_dyn()),
+    ]
+
+
+#: RetinaNet as mmdetection 2.x trains it (``configs/retinanet/retinanet_r50_fpn_1x_coco.py`` with
+#: ``_base_/models/retinanet_r50_fpn.py``): 9 anchors per location (octave base scale 4, 3
+#: scales per octave, ratios 0.5 / 1 / 2), head of 4 x 256 conv + ReLU towers without
+#: normalisation, ``MaxIoUAssigner(pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0)`` with its
+#: default low-quality matches, focal loss (alpha 0.25, gamma 2), ``L1Loss`` (weight 1) on
+#: ``DeltaXYWHBBoxCoder`` codes with means 0 and stds 1, normalised by the positives; test
+#: ``nms_pre=1000``, ``score_thr=0.05``, NMS 0.5, 100 detections, score = sigmoid(cls).
+RETINANET_HEAD = HeadConfig(family="anchor_based", quality="none", type="retinanet", norm="none",
+                            anchor_scale=float(RETINANET_OCTAVE_BASE_SCALE), anchor_scales=RETINANET_ANCHOR_SCALES,
+                            anchor_ratios=RETINANET_ANCHOR_RATIOS, delta_stds=RETINANET_DELTA_STDS)
+RETINANET_ASSIGN = MaxIouOptions(pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0.0, match_low_quality=True)
+RETINANET_LOSS = LossConfig(cls="focal", box="l1", box_weight=1.0)
+RETINANET_INFERENCE = InferenceConfig(score_threshold=0.05, pre_nms_top_k=1000, nms_threshold=0.5, max_detections=100,
+                                      score_mode="cls")
+
+
+def _retinanet_configs(piou):
+    """RetinaNet R-50 1x (the Pseudo-IoU paper's Table 3 baseline, trained with mmdetection) on
+    mmdetection's own 12-epoch recipe, and its CPU demo.
+
+    The recipe is mmdetection 2.x's ``retinanet_r50_fpn_1x_coco.py``: pytorch-style ResNet-50
+    (torchvision weights, stem and stage 1 frozen, frozen BN statistics; here ``frozen_bn``
+    also freezes the BN affine parameters, as the project's other COCO recipes), FPN P3-P7
+    with P6 from C5 (``add_extra_convs='on_input'``), ``COCO_DATA`` (800 / 1333, flip 0.5,
+    images without objects dropped), SGD lr 0.01 at batch 16, momentum 0.9, weight decay
+    1e-4 (bias too), linear warmup over 500 iterations from 0.001, 12 epochs with the lr
+    divided by 10 after 8 and 11, no gradient clipping: the ``SolverConfig`` defaults.
+    Anchor centres follow this project's ``(i + 0.5) * stride`` (mmdetection: ``i * stride``).
+    """
+    coco = Config(
+        name="retinanet_r50_1x",
+        description="RetinaNet: 9 anchors/location, max-IoU 0.5/0.4 + low-quality matches, focal + L1 on deltas "
+                    "(stds 1), no GN; mmdetection retinanet_r50_fpn_1x_coco recipe",
+        reproduces=f"{piou} Table 3 'RetinaNet'",
+        backbone=BackboneConfig(name="resnet50", style="pytorch"),
+        fpn=FPNConfig(out_channels=256, levels=(3, 4, 5, 6, 7), p6p7_input="c5"),
+        head=RETINANET_HEAD, assign=RETINANET_ASSIGN, loss=RETINANET_LOSS, inference=RETINANET_INFERENCE,
+        data=COCO_DATA, solver=SolverConfig(),
+    )
+    demo = next(c for c in _demo_configs() if c.name == "demo")
+    demo_retinanet = replace(
+        demo, name="demo_retinanet", reproduces="demo of the RetinaNet head (no paper row)",
+        description="tiny RetinaNet (9 anchors/location, max-IoU, focal + L1 on deltas, no GN) on digits, CPU",
+        head=replace(RETINANET_HEAD, width=demo.head.width, depth=demo.head.depth, gn_groups=demo.head.gn_groups),
+        assign=RETINANET_ASSIGN, loss=RETINANET_LOSS, inference=RETINANET_INFERENCE,
+        solver=replace(demo.solver, lr=0.01),
+    )
+    return [coco, demo_retinanet]
+
+
+def _vfnet_configs():
+    """The VFNet head (specs/model.md §3.3): the Dynamic ATSS paper's Table 4 VFNet rows.
+
+    COCO: the ATSS R-50 1x recipe of ``_atss`` (``COCO_DATA``, ``ATSS_SOLVER_1X``,
+    ``OFFICIAL_BACKBONE``) with the head of mmdetection's ``vfnet_r50_fpn_1x_coco.py``
+    (3 x 256 towers with GN 32, one 8 x stride anchor per location for ATSS top-9, VFL alpha
+    0.75 gamma 2 IoU-weighted, GIoU 1.5 on the initial and 2.0 on the refined box; test:
+    score 0.05 on the IoU-aware score, 1000 per level, NMS 0.6, 100 detections). Demos: the
+    digits demo's tiny model and data (``_demo_configs``) with the VFNet head.
+    """
+    dyn = "Dynamic ATSS paper"
+    vfl = LossConfig(cls="vfl", box="giou", box_weight=1.5)
+
+    def vfnet(name, description, reproduces, assign=None):
+        config = _atss(name, description, reproduces, assign=assign, loss=vfl, quality="none", score_mode="cls")
+        return replace(config, head=replace(config.head, type="vfnet", depth=3))
+
+    demo = next(c for c in _demo_configs() if c.name == "demo")
+    demo_vfnet = replace(
+        demo, name="demo_vfnet", description="tiny VFNet detector (ATSS, star deformable refinement, VFL) on digits, CPU",
+        reproduces="demo of the VFNet head (no paper row)", head=replace(demo.head, type="vfnet", quality="none"),
+        assign=AtssOptions(), loss=vfl, inference=replace(demo.inference, score_mode="cls"))
+    return [
+        vfnet("vfnet_r50_1x", "VFNet head (initial box, star deformable refinement, VFL) trained with ATSS",
+              f"{dyn} Table 4 'VFL'"),
+        vfnet("vfnet_ciou_r50_1x", "VFNet head with combined IoUs (Dynamic ATSS on the refined boxes)",
+              f"{dyn} Table 4 'VFL+CIoUs'", assign=_dyn()),
+        demo_vfnet,
+        replace(demo_vfnet, name="demo_vfnet_ciou",
+                description="tiny VFNet detector with combined IoUs (Dynamic ATSS on the refined boxes) on digits, CPU",
+                assign=_dyn()),
     ]
 
 

@@ -27,7 +27,7 @@ import argparse
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 from detector import configs, runtime
-from detector.anchors import multi_level_anchors, multi_level_points
 from detector.assign.atss import candidate_ious
 from detector.assign.dynamic_atss import combine_ious, predicted_ious
 from detector.boxes import box_iou
@@ -54,7 +53,7 @@ from detector.modeling.assigners import (
     assign,
     dynamic_weights,
 )
-from detector.modeling.detector import Detector, Priors
+from detector.modeling.detector import Detector, build_priors
 from detector.modeling.objective import apply_ignore_regions
 from detector.pseudo_iou import pseudo_iou
 
@@ -225,12 +224,8 @@ class Comparison:
 def config_priors(config, image_size, feature_sizes=None):
     """The ``Priors`` ``Detector(config, K).priors`` builds for a padded ``image_size``
     (H, W), without building the network (float32, CPU)."""
-    strides = config.strides
-    points, point_strides, num_per_level = multi_level_points(image_size, strides, level_sizes=feature_sizes)
-    anchors = None
-    if config.head.family == "anchor_based":
-        anchors, _ = multi_level_anchors(image_size, strides, config.head.anchor_scale, level_sizes=feature_sizes)
-    return Priors(anchors, points, point_strides, list(num_per_level), tuple(config.fpn.levels))
+    priors = build_priors(config, image_size, feature_sizes, dtype=torch.get_default_dtype())
+    return replace(priors, reg_max=None)  # as before: boxes decode from the anchors or the points
 
 
 def uses_predictions(config):

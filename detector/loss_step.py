@@ -24,23 +24,29 @@ from detector.batched_targets import (
     class_targets_batched,
     iou_targets_batched,
 )
+from detector.coders import encode_deltas
+from detector.conventions import DELTA_STDS
 from detector.gfl import DFL_LOSS_WEIGHT, REG_MAX, distance_targets, distribution_focal_loss, weighted_dfl
 from detector.losses import (
     BOX_LOSS_WEIGHT,
     BOX_LOSSES,
     CLS_LOSSES,
+    DELTA_BOX_LOSSES,
     QUALITY_BRANCHES,
     giou_loss,
     iou_loss,
+    l1_loss,
     _weighted_mean_of_sums,
     quality_focal_loss_prob_unchecked,
     quality_focal_loss_unchecked,
     reduce_loss_sums,
     sigmoid_focal_loss_unchecked,
+    smooth_l1_loss,
     soft_target_scores,
     varifocal_loss_unchecked,
 )
 from detector.validation import as_boxes, as_finite, as_values, check_choice
+from detector.vfnet import INIT_BOX_LOSS_WEIGHT, REFINE_BOX_LOSS_WEIGHT, vfnet_iou_targets_batched
 
 
 def loss_targets_batched(
@@ -101,6 +107,9 @@ def loss_sums_batched(
     box_loss="giou",
     quality="centerness",
     soft_targets=None,
+    box_deltas=None,
+    anchors=None,
+    delta_stds=DELTA_STDS,
 ):
     """Un-normalised loss sums of a batch, added over its images (specs/losses.md §7).
 
@@ -116,6 +125,10 @@ def loss_sums_batched(
         cls_loss, box_loss, quality: as ``losses.loss_sums``.
         soft_targets: (B, A) soft classification targets of "qfl" / "vfl" at the
             positives (an assigner's ``matched_metric``), or None for the IoU target.
+        box_deltas: (B, A, 4) raw delta-xywh outputs (decoding to ``pred_boxes``), required
+            by the delta box losses "l1" / "smooth_l1" (specs/losses.md §5.1), else ignored.
+        anchors: (A, 4) shared anchors of positive size, required by the delta box losses.
+        delta_stds: the coder's standard deviations of the delta targets.
 
     Returns:
         dict of 0-d tensors: ``num_pos`` (int64), ``cls``, ``box_weighted``,
@@ -139,6 +152,13 @@ def loss_sums_batched(
             raise ValueError(f"quality_logits: required when quality is {quality!r}")
         quality_logits = as_values(quality_logits, "quality_logits", ndim=2)
         _check_shape(quality_logits, (batch, num_anchors), "quality_logits")
+    if box_loss in DELTA_BOX_LOSSES:
+        if box_deltas is None or anchors is None:
+            raise ValueError(f"box_deltas, anchors: required when box_loss is {box_loss!r}")
+        box_deltas = as_values(box_deltas, "box_deltas", ndim=3, width=4)
+        _check_shape(box_deltas, (batch, num_anchors, 4), "box_deltas")
+        anchors = as_boxes(anchors, "anchors")
+        _check_shape(anchors, (num_anchors, 4), "anchors")
 
     # 1. targets (constants)
     cls_t, label_weights, box_t, quality_t, positive = loss_targets_batched(
@@ -161,8 +181,13 @@ def loss_sums_batched(
     pos_target = box_t.reshape(-1, 4).index_select(0, index).to(pred_boxes.dtype)
     if box_loss == "giou":
         box_elem = giou_loss(pos_pred, pos_target)
-    else:
+    elif box_loss == "iou":
         box_elem = iou_loss(pos_pred, pos_target)
+    else:  # delta-xywh codes of the positives against their GTs encoded on their anchors
+        pos_anchors = anchors.index_select(0, index % num_anchors)
+        target_deltas = encode_deltas(pos_anchors, pos_target, delta_stds)
+        pos_deltas = box_deltas.reshape(-1, 4).index_select(0, index)
+        box_elem = l1_loss(pos_deltas, target_deltas) if box_loss == "l1" else smooth_l1_loss(pos_deltas, target_deltas)
     weights = quality_t.reshape(-1).index_select(0, index).to(box_elem.dtype)
 
     sums = {
@@ -251,7 +276,7 @@ def gfl_loss_sums_batched(
         (``dfl_weight * sum w * mean_s DFL``) and ``dfl_plain`` (the same with w = 1);
         :func:`reduce_gfl_loss_sums` normalises them.
     """
-    check_choice(box_loss, BOX_LOSSES, "box_loss")
+    check_choice(box_loss, ("giou", "iou"), "box_loss")  # decoded-box losses only: the box is the distribution's
     cls_logits = as_finite(cls_logits, "cls_logits")
     if cls_logits.ndim != 3:
         raise ValueError(f"cls_logits: expected shape (B, A, K), got {tuple(cls_logits.shape)}")
@@ -321,6 +346,103 @@ def reduce_gfl_loss_sums(sums, box_loss_weight=BOX_LOSS_WEIGHT):
                              box_loss_weight)
     count = torch.as_tensor(sums["num_pos"]).to(sums["dfl_plain"].dtype)
     terms["loss_dfl"] = _weighted_mean_of_sums(sums["dfl_weighted"], sums["box_weight"], sums["dfl_plain"], count)
+    return terms
+
+
+# ---------------------------------------------------------------------------------------
+# VFNet head (specs/model.md §3.3, specs/vfnet.md §2)
+
+
+def vfnet_loss_sums_batched(
+    cls_logits,
+    init_boxes,
+    refined_boxes,
+    matched_gt,
+    gt_boxes,
+    gt_labels,
+    gt_valid=None,
+    *,
+    box_loss="giou",
+):
+    """Un-normalised loss sums of a batch for the VFNet head.
+
+    1. targets (constants): ``vfnet.vfnet_iou_targets_batched`` of the detached refined
+       boxes (IoU with the assigned GT, at least 1e-6, at the positives) is VFL's target at
+       each positive's class (``vfnet.varifocal_targets_batched``) and the weight of the
+       refined box loss; the same IoU of the detached initial boxes weights the initial box
+       loss (mmdet ``VFNetHead.loss_by_feat``: ``bbox_weights_ini``, ``bbox_weights_rf``);
+    2. classification: VFL (alpha 0.75, gamma 2, IoU-weighted positives) of every location
+       and class, IGNORE rows weighted 0;
+    3. box losses of the positives: GIoU (or IoU) of the initial and of the refined boxes
+       against their GTs.
+
+    Args:
+        cls_logits: (B, A, K) IoU-aware classification logits.
+        init_boxes: (B, A, 4) decoded initial boxes (gradients flow through their box loss).
+        refined_boxes: (B, A, 4) decoded refined boxes (gradients flow through their box loss).
+        matched_gt, gt_boxes, gt_labels, gt_valid: as :func:`loss_sums_batched`.
+        box_loss: "giou" or "iou".
+
+    Returns:
+        dict of 0-d tensors: ``num_pos`` (int64), ``cls``, and for the initial boxes
+        ``box_weighted`` (sum w * loss), ``box_weight`` (sum w), ``box_plain`` (sum of
+        losses), for the refined boxes ``refine_weighted``, ``refine_weight``,
+        ``refine_plain``; :func:`reduce_vfnet_loss_sums` normalises them.
+    """
+    check_choice(box_loss, ("giou", "iou"), "box_loss")
+    cls_logits = as_finite(cls_logits, "cls_logits")
+    if cls_logits.ndim != 3:
+        raise ValueError(f"cls_logits: expected shape (B, A, K), got {tuple(cls_logits.shape)}")
+    batch, num_anchors, num_classes = cls_logits.shape
+    init_boxes = as_boxes(init_boxes, "init_boxes", batched=True)
+    _check_shape(init_boxes, (batch, num_anchors, 4), "init_boxes")
+    refined_boxes = as_boxes(refined_boxes, "refined_boxes", batched=True)
+    _check_shape(refined_boxes, (batch, num_anchors, 4), "refined_boxes")
+
+    # 1. targets (constants)
+    refined_ious = vfnet_iou_targets_batched(refined_boxes, matched_gt, gt_boxes, gt_valid)
+    init_ious = vfnet_iou_targets_batched(init_boxes, matched_gt, gt_boxes, gt_valid)
+    cls_t, label_weights = class_targets_batched(matched_gt, gt_labels, num_classes, refined_ious, gt_valid,
+                                                 dtype=cls_logits.dtype)
+    box_t = box_targets_batched(matched_gt, gt_boxes, gt_valid)
+    positive = torch.as_tensor(matched_gt, device=cls_logits.device) >= 0
+
+    # 2. classification
+    cls_sum = (label_weights[..., None] * varifocal_loss_unchecked(cls_logits, cls_t)).sum()
+
+    # 3. box losses of the positives, weighted by their IoU targets
+    index = torch.nonzero(positive.reshape(-1)).flatten()
+    pos_target = box_t.reshape(-1, 4).index_select(0, index).to(refined_boxes.dtype)
+    sums = {"num_pos": positive.sum(), "cls": cls_sum}
+    for key, boxes, ious in (("box", init_boxes, init_ious), ("refine", refined_boxes, refined_ious)):
+        pos_pred = boxes.reshape(-1, 4).index_select(0, index)
+        elem = giou_loss(pos_pred, pos_target) if box_loss == "giou" else iou_loss(pos_pred, pos_target)
+        weights = ious.reshape(-1).index_select(0, index).to(elem.dtype)
+        sums[f"{key}_weighted"] = (weights * elem).sum()
+        sums[f"{key}_weight"] = weights.sum()
+        sums[f"{key}_plain"] = elem.sum()
+    return sums
+
+
+def reduce_vfnet_loss_sums(sums, box_loss_weight=INIT_BOX_LOSS_WEIGHT, refine_loss_weight=REFINE_BOX_LOSS_WEIGHT):
+    """Normalise :func:`vfnet_loss_sums_batched` sums into the VFNet head's loss terms.
+
+    ``loss_cls = cls / max(num_pos, 1)``; ``loss_box = box_loss_weight * box_weighted /
+    box_weight`` (initial boxes, 1.5) and ``loss_box_refine = refine_loss_weight *
+    refine_weighted / refine_weight`` (refined boxes, 2.0): means over the batch's positives
+    weighted by their IoU targets, with specs/losses.md §6's fallbacks (the unweighted mean
+    where a weight sum is 0; 0 without positives). mmdet divides by ``max(sum of weights, 1)``
+    instead: the same whenever that sum is at least 1.
+
+    Returns:
+        dict of 0-d tensors ``loss_cls``, ``loss_box``, ``loss_box_refine``; the objective is
+        their sum.
+    """
+    terms = reduce_loss_sums({key: sums[key] for key in ("num_pos", "cls", "box_weighted", "box_weight", "box_plain")},
+                             box_loss_weight)
+    count = torch.as_tensor(sums["num_pos"]).to(sums["refine_plain"].dtype)
+    terms["loss_box_refine"] = refine_loss_weight * _weighted_mean_of_sums(
+        sums["refine_weighted"], sums["refine_weight"], sums["refine_plain"], count)
     return terms
 
 

@@ -1,13 +1,21 @@
 """Anchor and point generators (specs/anchors.md).
 
-One location per feature-map cell; centres at ``(i + offset) * stride``. Levels are
-concatenated level-major, rows (y) outer, columns (x) inner (specs/conventions.md §3).
+One location per feature-map cell; centres at ``(i + offset) * stride``. Anchors may be
+several per location (scales x aspect ratios). Levels are concatenated level-major, rows (y)
+outer, columns (x) inner, then the anchors of a location (specs/conventions.md §3).
 """
 import math
 
 import numpy as np
 
-from reference.conventions import DEFAULT_CENTER_OFFSET, DEFAULT_STRIDES, OCTAVE_BASE_SCALE
+from reference.conventions import (
+    ANCHOR_QUANTUM,
+    DEFAULT_ANCHOR_RATIOS,
+    DEFAULT_ANCHOR_SCALES,
+    DEFAULT_CENTER_OFFSET,
+    DEFAULT_STRIDES,
+    OCTAVE_BASE_SCALE,
+)
 
 
 def feature_sizes(image_size, strides=DEFAULT_STRIDES):
@@ -43,22 +51,54 @@ def level_points(feature_size, stride, center_offset=DEFAULT_CENTER_OFFSET):
     return points
 
 
-def level_anchors(feature_size, stride, octave_base_scale=OCTAVE_BASE_SCALE, center_offset=DEFAULT_CENTER_OFFSET):
-    """Square anchors of one level, one per location (specs/anchors.md §3).
+def anchor_shapes(base_size, scales=DEFAULT_ANCHOR_SCALES, ratios=DEFAULT_ANCHOR_RATIOS):
+    """Widths and heights of the anchors of one location (specs/anchors.md §3).
+
+    Args:
+        base_size: side of the scale-1, ratio-1 anchor (``octave_base_scale * stride``).
+        scales: S multipliers of the side (RetinaNet: 2^0, 2^(1/3), 2^(2/3)).
+        ratios: R aspect ratios ``h / w`` (RetinaNet: 0.5, 1, 2); each keeps the area.
+
+    Returns:
+        (R * S, 2) float64 ``(w, h)``, for each ratio (outer) each scale (inner), as
+        mmdetection's ``AnchorGenerator``: anchor ``i * S + j`` has ratio ``ratios[i]`` and
+        scale ``scales[j]``, ``w = base_size * scale / sqrt(ratio)``,
+        ``h = base_size * scale * sqrt(ratio)``. With several anchors (R * S > 1) each half
+        side is then rounded to the nearest multiple of ``ANCHOR_QUANTUM`` (2^-8 px), so that
+        the coordinates ``c -+ w / 2`` of an anchor centred on a multiple of 2^-8 are exact
+        (in float32 below 2^15 px) and its centre ``(x1 + x2) / 2`` is ``c`` bit for bit.
+    """
+    scales, ratios = _check_factors(scales, "scales"), _check_factors(ratios, "ratios")
+    snap = len(scales) * len(ratios) > 1
+    shapes = np.zeros((len(ratios) * len(scales), 2))
+    for i, ratio in enumerate(ratios):
+        root = math.sqrt(ratio)
+        for j, scale in enumerate(scales):
+            side = base_size * scale
+            shapes[i * len(scales) + j] = (_snap(side / root, snap), _snap(side * root, snap))
+    return shapes
+
+
+def level_anchors(feature_size, stride, octave_base_scale=OCTAVE_BASE_SCALE, center_offset=DEFAULT_CENTER_OFFSET,
+                  scales=DEFAULT_ANCHOR_SCALES, ratios=DEFAULT_ANCHOR_RATIOS):
+    """Anchors of one level, ``n = len(scales) * len(ratios)`` per location (specs/anchors.md §3).
 
     Args:
         feature_size: (H_l, W_l).
         stride: pixels per feature cell.
-        octave_base_scale: anchor side = octave_base_scale * stride (ATSS: 8).
+        octave_base_scale: side of the scale-1, ratio-1 anchor = octave_base_scale * stride
+            (ATSS: 8, RetinaNet: 4).
         center_offset: as in ``level_points``.
+        scales, ratios: as in ``anchor_shapes``; the defaults give one square anchor.
 
     Returns:
-        (A_l, 4) float64 xyxy squares of side ``octave_base_scale * stride`` centred on
-        ``level_points(feature_size, stride, center_offset)``.
+        (A_l, 4) float64 xyxy, A_l = H_l * W_l * n, centred on
+        ``level_points(feature_size, stride, center_offset)``; location ``y * W_l + x``
+        holds anchors ``(y * W_l + x) * n + a``, ``a`` in ``anchor_shapes`` order.
     """
-    half = octave_base_scale * stride / 2
-    points = level_points(feature_size, stride, center_offset)
-    return np.concatenate([points - half, points + half], axis=1)
+    half = anchor_shapes(octave_base_scale * stride, scales, ratios) / 2  # (n, 2)
+    points = level_points(feature_size, stride, center_offset)[:, None, :]  # (H_l * W_l, 1, 2)
+    return np.concatenate([points - half, points + half], axis=2).reshape(-1, 4)
 
 
 def multi_level_points(image_size=None, strides=DEFAULT_STRIDES, center_offset=DEFAULT_CENTER_OFFSET, level_sizes=None):
@@ -93,18 +133,22 @@ def multi_level_anchors(
     octave_base_scale=OCTAVE_BASE_SCALE,
     center_offset=DEFAULT_CENTER_OFFSET,
     level_sizes=None,
+    scales=DEFAULT_ANCHOR_SCALES,
+    ratios=DEFAULT_ANCHOR_RATIOS,
 ):
-    """ATSS anchors of all levels (specs/anchors.md §4).
+    """Anchors of all levels (specs/anchors.md §4), ``n = len(scales) * len(ratios)`` per
+    location (one square anchor by default, as ATSS).
 
-    Args as ``multi_level_points``, plus ``octave_base_scale`` as in ``level_anchors``.
+    Args as ``multi_level_points``, plus ``octave_base_scale``, ``scales`` and ``ratios`` as
+    in ``level_anchors``.
 
     Returns:
-        anchors: (A, 4) float64 xyxy, level-major.
-        num_anchors_per_level: list of L ints summing to A.
+        anchors: (A, 4) float64 xyxy, in (level, row, column, anchor) order.
+        num_anchors_per_level: list of L ints summing to A, ``H_l * W_l * n`` each.
     """
     strides = _check_strides(strides)
     sizes = _level_sizes(image_size, strides, level_sizes)
-    anchors = [level_anchors(size, s, octave_base_scale, center_offset) for size, s in zip(sizes, strides)]
+    anchors = [level_anchors(size, s, octave_base_scale, center_offset, scales, ratios) for size, s in zip(sizes, strides)]
     return (np.concatenate(anchors, axis=0) if anchors else np.zeros((0, 4))), [len(a) for a in anchors]
 
 
@@ -139,3 +183,15 @@ def _check_strides(strides):
     if any(not (s > 0) for s in strides):
         raise ValueError(f"strides: expected positive strides, got {strides}")
     return strides
+
+
+def _check_factors(values, name):
+    values = [float(v) for v in values]
+    if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+        raise ValueError(f"{name}: expected at least one positive finite value, got {values}")
+    return values
+
+
+def _snap(side, snap):
+    """``side`` itself, or with ``snap`` twice its half rounded to a multiple of ANCHOR_QUANTUM."""
+    return 2.0 * (round(side / 2.0 / ANCHOR_QUANTUM) * ANCHOR_QUANTUM) if snap else side

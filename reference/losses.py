@@ -7,6 +7,8 @@ that turns head outputs and an assignment into the named loss terms.
 import numpy as np
 
 from reference.boxes import aligned_box_giou, aligned_box_iou
+from reference.coders import encode_deltas
+from reference.conventions import DELTA_STDS
 from reference.targets import box_targets, centerness_targets, class_targets, iou_targets
 from reference.validation import as_boxes, as_finite, as_points, as_values, check_choice, check_exponent, check_unit
 
@@ -24,7 +26,12 @@ IOU_LOSS_EPS = 1e-6
 BOX_LOSS_WEIGHT = 2.0
 
 CLS_LOSSES = ("focal", "qfl", "vfl")
-BOX_LOSSES = ("giou", "iou")
+#: Smooth L1 transition point of the delta losses (Detectron's RetinaNet ``BBOX_REG_BETA``).
+SMOOTH_L1_BETA = 1.0 / 9.0
+
+#: Box losses: on decoded boxes ("giou", "iou") or on delta-xywh codes (``DELTA_BOX_LOSSES``).
+BOX_LOSSES = ("giou", "iou", "l1", "smooth_l1")
+DELTA_BOX_LOSSES = ("l1", "smooth_l1")
 QUALITY_BRANCHES = ("centerness", "iou", "none")
 #: Probability-form BCE (GFLV2's joint score): each log-probability is clamped below at
 #: this value, as PyTorch's ``binary_cross_entropy`` (which GFocalV2's QFL calls).
@@ -185,6 +192,42 @@ def giou_loss(pred_boxes, target_boxes):
     return 1.0 - aligned_box_giou(as_boxes(pred_boxes, "pred_boxes"), as_boxes(target_boxes, "target_boxes"))
 
 
+def l1_loss(pred_deltas, target_deltas):
+    """L1 loss of row-aligned delta-xywh codes (specs/losses.md §5.1).
+
+    Args:
+        pred_deltas: (N, 4) predicted codes (the head's raw box outputs).
+        target_deltas: (N, 4) ``coders.encode_deltas`` of the GT on the anchor.
+
+    Returns:
+        (N,) float64 ``|d0| + |d1| + |d2| + |d3|`` with ``d = pred - target``, added left to
+        right (mmdetection's ``L1Loss``, summed over the 4 coordinates).
+    """
+    difference = _delta_difference(pred_deltas, target_deltas)
+    return ((difference[:, 0] + difference[:, 1]) + difference[:, 2]) + difference[:, 3]
+
+
+def smooth_l1_loss(pred_deltas, target_deltas, beta=SMOOTH_L1_BETA):
+    """Smooth L1 (Huber) loss of row-aligned delta-xywh codes (specs/losses.md §5.1).
+
+    Per coordinate, with ``d = |pred - target|``: ``0.5 * d * d / beta`` if ``d < beta``,
+    else ``d - 0.5 * beta`` (Fast R-CNN, Detectron, mmdetection's ``SmoothL1Loss``).
+
+    Args:
+        pred_deltas: (N, 4) predicted codes.
+        target_deltas: (N, 4) target codes.
+        beta: transition point, > 0 (1/9, Detectron's RetinaNet).
+
+    Returns:
+        (N,) float64, the 4 coordinates' losses added left to right.
+    """
+    if not beta > 0:
+        raise ValueError(f"beta: expected a positive value, got {beta!r}")
+    difference = _delta_difference(pred_deltas, target_deltas)
+    loss = np.where(difference < beta, 0.5 * difference * difference / beta, difference - 0.5 * beta)
+    return ((loss[:, 0] + loss[:, 1]) + loss[:, 2]) + loss[:, 3]
+
+
 # ---------------------------------------------------------------------------------------
 # normalisation (specs/losses.md §6)
 
@@ -234,6 +277,9 @@ def loss_sums(
     box_loss="giou",
     quality="centerness",
     soft_targets=None,
+    box_deltas=None,
+    anchors=None,
+    delta_stds=DELTA_STDS,
 ):
     """Un-normalised loss sums of one image (specs/losses.md §7).
 
@@ -247,11 +293,16 @@ def loss_sums(
         gt_boxes: (G, 4) xyxy.
         gt_labels: (G,) classes in 0..K-1.
         cls_loss: "focal" (hard targets), "qfl" or "vfl" (soft targets = :func:`iou_targets`).
-        box_loss: "giou" or "iou" ("log" mode).
+        box_loss: "giou" or "iou" ("log" mode) on ``pred_boxes``; "l1" or "smooth_l1" on
+            ``box_deltas`` against ``coders.encode_deltas(anchors, GT, delta_stds)``.
         quality: "centerness", "iou" or "none": the quality branch and the box-loss weights.
         soft_targets: (A,) soft classification targets in [0, 1] that "qfl" and "vfl" use
             at the positives instead of the IoU target (an assigner's ``matched_metric``,
             e.g. TAL's normalised alignment; specs/losses.md §7); None = the IoU target.
+        box_deltas: (A, 4) the raw delta-xywh outputs that decode to ``pred_boxes``; required
+            by "l1" / "smooth_l1", ignored by the other box losses.
+        anchors: (A, 4) xyxy anchors of positive size; required by "l1" / "smooth_l1".
+        delta_stds: the coder's (dx, dy, dw, dh) standard deviations (RetinaNet: all 1).
 
     Returns:
         dict of floats: ``num_pos``; ``cls`` (sum over anchors and classes, IGNORE rows
@@ -276,6 +327,13 @@ def loss_sums(
             raise ValueError(f"quality_logits: required when quality is {quality!r}")
         quality_logits = as_values(quality_logits, "quality_logits", ndim=1)
         _check_rows(quality_logits, num_anchors, "quality_logits")
+    if box_loss in DELTA_BOX_LOSSES:
+        if box_deltas is None or anchors is None:
+            raise ValueError(f"box_deltas, anchors: required when box_loss is {box_loss!r}")
+        box_deltas = as_values(box_deltas, "box_deltas", ndim=2, width=4)
+        anchors = as_boxes(anchors, "anchors")
+        _check_rows(box_deltas, num_anchors, "box_deltas")
+        _check_rows(anchors, num_anchors, "anchors")
 
     # 1. targets
     ious = iou_targets(pred_boxes, matched_gt, gt_boxes)
@@ -302,8 +360,14 @@ def loss_sums(
     # 3. box regression: positives, weighted by the quality target
     if box_loss == "giou":
         box_elem = giou_loss(pred_boxes[positive], box_t[positive])
-    else:
+    elif box_loss == "iou":
         box_elem = iou_loss(pred_boxes[positive], box_t[positive])
+    else:  # delta-xywh codes (specs/losses.md §5.1)
+        target_deltas = encode_deltas(anchors[positive], box_t[positive], delta_stds)
+        if box_loss == "l1":
+            box_elem = l1_loss(box_deltas[positive], target_deltas)
+        else:
+            box_elem = smooth_l1_loss(box_deltas[positive], target_deltas)
     weights = quality_t[positive]
 
     sums = {
@@ -424,6 +488,15 @@ def _probs_and_targets(probs, targets):
             index = tuple(int(i) for i in np.argwhere(bad)[0])
             raise ValueError(f"{name}: element {index} is {values[index]}, expected a value in [0, 1]")
     return probs, targets
+
+
+def _delta_difference(pred_deltas, target_deltas):
+    """|pred - target| of two checked (N, 4) code arrays."""
+    pred = as_values(pred_deltas, "pred_deltas", ndim=2, width=4)
+    target = as_values(target_deltas, "target_deltas", ndim=2, width=4)
+    if target.shape != pred.shape:
+        raise ValueError(f"target_deltas: expected shape {pred.shape} to match pred_deltas, got {target.shape}")
+    return np.abs(pred - target)
 
 
 def _check_rows(array, count, name):

@@ -9,6 +9,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from reference.anchors import multi_level_anchors, multi_level_points
+from reference.conventions import RETINANET_ANCHOR_RATIOS, RETINANET_ANCHOR_SCALES, RETINANET_OCTAVE_BASE_SCALE
 
 STRIDES = (8, 16, 32, 64, 128)
 
@@ -79,14 +80,19 @@ def gt_boxes(draw, image_size, min_boxes=0, max_boxes=12):
 
 
 @st.composite
-def anchor_scenes(draw, max_side=1333, max_boxes=12, min_boxes=0, min_levels=1, max_levels=5):
+def anchor_scenes(draw, max_side=1333, max_boxes=12, min_boxes=0, min_levels=1, max_levels=5, retinanet=False):
     """An anchor-based scene: dict with image_size, strides, anchors (A, 4),
-    num_anchors_per_level, gt_boxes (G, 4)."""
+    num_anchors_per_level, gt_boxes (G, 4). ``retinanet``: RetinaNet's 9 anchors per
+    location (octave base scale 4, 3 scales x 3 ratios) instead of one square of side 8 x stride."""
     image_size = draw(image_sizes(max_side=max_side))
     num_levels = draw(st.integers(min_levels, max_levels))
     first = draw(st.integers(0, len(STRIDES) - num_levels))
     strides = STRIDES[first : first + num_levels]
-    anchors, num_per_level = multi_level_anchors(image_size, strides)
+    if retinanet:
+        anchors, num_per_level = multi_level_anchors(image_size, strides, RETINANET_OCTAVE_BASE_SCALE,
+                                                     scales=RETINANET_ANCHOR_SCALES, ratios=RETINANET_ANCHOR_RATIOS)
+    else:
+        anchors, num_per_level = multi_level_anchors(image_size, strides)
     return {
         "image_size": image_size,
         "strides": strides,

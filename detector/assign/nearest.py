@@ -14,6 +14,11 @@ index on every device (specs/conventions.md §5.1).
   that is provably exact (``_nearest_on_grids``); other rows and levels compute every
   distance (``_nearest_in_level``).
 - GTs are processed in chunks so that at most about ``max_elements`` distances exist at once.
+- Several anchors per location (specs/anchors.md §3) share a centre, so they tie in distance
+  and follow each other in index order: when every level's centres come in runs of ``n``
+  equal centres, the search runs on the locations with ``ceil(k / n)`` and each location
+  found is expanded into its ``n`` anchors (``_nearest_by_location``); the first
+  ``min(k, A_l)`` of that expansion are exactly the (distance, anchor index) order.
 """
 import math
 
@@ -37,6 +42,9 @@ def nearest_anchors(gt_centers, anchor_centers, num_anchors_per_level, topk, max
         (B, G, C) int64 anchor indices into ``anchor_centers``, C = sum_l min(topk, A_l);
         level 0's first, within a level in (squared distance, anchor index) order.
     """
+    group = _anchors_per_location(anchor_centers, num_anchors_per_level)
+    if group > 1:
+        return _nearest_by_location(gt_centers, anchor_centers, num_anchors_per_level, topk, max_elements, group)
     batch, num_gts = gt_centers.shape[:2]
     levels = _levels(anchor_centers, num_anchors_per_level, topk)
     chunk = max(1, max_elements // max(1, batch * max(num_anchors_per_level, default=0)))
@@ -48,6 +56,44 @@ def nearest_anchors(gt_centers, anchor_centers, num_anchors_per_level, topk, max
         num_candidates = sum(min(topk, n) for n in num_anchors_per_level)
         return torch.zeros((batch, 0, num_candidates), dtype=torch.int64, device=anchor_centers.device)
     return torch.cat(blocks, dim=1)
+
+
+def _anchors_per_location(anchor_centers, num_anchors_per_level):
+    """``n`` > 1 when every non-empty level's centres come in runs of ``n`` equal centres
+    (``n`` anchors per location, the same ``n`` on every level), else 1."""
+    group, start = None, 0
+    for count in num_anchors_per_level:
+        if count > 0:
+            centers = anchor_centers[start : start + count]
+            differs = (centers != centers[0]).any(dim=1)
+            n = int(differs.to(torch.uint8).argmax()) if bool(differs.any()) else count
+            if n <= 1 or (group is not None and n != group) or count % n:
+                return 1
+            runs = centers.view(count // n, n, 2)
+            if not torch.equal(runs, runs[:, :1].expand_as(runs)):
+                return 1
+            group = n
+        start += count
+    return group or 1
+
+
+def _nearest_by_location(gt_centers, anchor_centers, num_anchors_per_level, topk, max_elements, group):
+    """``nearest_anchors`` for ``group`` anchors per location: the ``ceil(topk / group)``
+    nearest locations of each level, each expanded into its anchors ``location * group + j``,
+    the first ``min(topk, A_l)`` kept. Anchors of one location tie in distance and are
+    consecutive, so this is the (squared distance, anchor index) order exactly."""
+    location_counts = [count // group for count in num_anchors_per_level]
+    locations = nearest_anchors(gt_centers, anchor_centers[::group], location_counts, math.ceil(topk / group), max_elements)
+    offsets = torch.arange(group, device=anchor_centers.device)
+    parts, location_start, first = [], 0, 0
+    for count, location_count in zip(num_anchors_per_level, location_counts):
+        k_locations = min(math.ceil(topk / group), location_count)
+        block = locations[..., first : first + k_locations] - location_start  # (B, G, k_locations) level-local
+        index = (block[..., None] * group + offsets).flatten(-2)[..., : min(topk, count)]
+        parts.append(index + location_start * group)
+        first += k_locations
+        location_start += location_count
+    return _cat(parts, gt_centers.shape[:2], anchor_centers.device)
 
 
 def _levels(anchor_centers, num_anchors_per_level, topk):

@@ -22,6 +22,12 @@ distribution; steps 4-5 are then ``loss_step.gfl_loss_sums_batched`` and
 GFLV2's joint score ``sigmoid(cls) * dgqp_quality`` is the class score everywhere (the QFL
 prediction, the box weights, and the scores of assigners that read them).
 
+The VFNet head (``head_type="vfnet"``) decodes its refined boxes in step 1
+(``Priors.decode``): the assigner (Dynamic ATSS included), the diagnostics and VFL's IoU
+target read them, detached; steps 4-5 are ``loss_step.vfnet_loss_sums_batched`` and
+``loss_step.reduce_vfnet_loss_sums`` (terms ``loss_cls``, ``loss_box`` on the initial boxes,
+``loss_box_refine``), and ``box_loss_pos`` is the mean box loss of the refined boxes.
+
 The optimisation loop (``detector/engine.py``) calls it through ``Detector.losses`` and
 knows nothing of these steps.
 """
@@ -121,7 +127,12 @@ class DetectionObjective:
             assignment = apply_ignore_regions(priors, assignment, targets)
         # 4. loss sums
         soft_targets = assignment.matched_metric if self.soft_target == "assigner" else None
-        if self.head_type in ("gfl", "gflv2"):
+        if self.head_type == "vfnet":  # initial and refined boxes (specs/model.md §3.3)
+            sums = loss_step.vfnet_loss_sums_batched(
+                outputs.cls_logits.float(), priors.decode_initial(box_regression), pred_boxes, assignment.matched_gt,
+                targets.gt_boxes, targets.gt_labels, targets.gt_valid, box_loss=self.box_loss,
+            )
+        elif self.head_type in ("gfl", "gflv2"):
             sums = loss_step.gfl_loss_sums_batched(
                 outputs.cls_logits.float(), box_regression, pred_boxes, priors.points, priors.strides,
                 assignment.matched_gt, targets.gt_boxes, targets.gt_labels, targets.gt_valid,
@@ -133,15 +144,23 @@ class DetectionObjective:
                 outputs.cls_logits.float(), pred_boxes, quality_logits, priors.points, assignment.matched_gt,
                 targets.gt_boxes, targets.gt_labels, targets.gt_valid,
                 cls_loss=self.cls_loss, box_loss=self.box_loss, quality=self.quality, soft_targets=soft_targets,
+                # the delta box losses ("l1", "smooth_l1") read the raw codes and the anchors
+                box_deltas=box_regression if self.box_loss in losses.DELTA_BOX_LOSSES else None,
+                anchors=priors.anchors, delta_stds=priors.delta_stds,
             )
         num_pos = sums["num_pos"]
-        box_loss_pos = sums["box_plain"].detach().double() / num_pos.clamp(min=1)  # float64: as Python floats
+        plain = sums["refine_plain" if self.head_type == "vfnet" else "box_plain"]  # VFNet: the refined boxes
+        box_loss_pos = plain.detach().double() / num_pos.clamp(min=1)  # float64: as Python floats
         # 5. normalise; data-parallel runs divide by the normalisers' mean over processes
         if all_reduce_mean is not None:
             sums = dict(sums)
-            for key in ("num_pos", "box_weight"):
+            for key in ("num_pos", "box_weight", "refine_weight"):
+                if key not in sums:
+                    continue
                 sums[key] = all_reduce_mean(torch.as_tensor(sums[key], dtype=torch.float32, device=sums["cls"].device))
-        if self.head_type in ("gfl", "gflv2"):
+        if self.head_type == "vfnet":
+            terms = loss_step.reduce_vfnet_loss_sums(sums, box_loss_weight=self.box_weight)
+        elif self.head_type in ("gfl", "gflv2"):
             terms = loss_step.reduce_gfl_loss_sums(sums, box_loss_weight=self.box_weight)
         else:
             terms = losses.reduce_loss_sums(sums, box_loss_weight=self.box_weight)

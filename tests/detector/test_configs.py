@@ -68,13 +68,14 @@ def test_paper_recipes():
         if name.endswith("_r50_1x"):
             s, d = config.solver, config.data
             assert (s.batch_size, s.lr, s.momentum, s.weight_decay, s.warmup_iters) == (16, 0.01, 0.9, 1e-4, 500), name
-            if config.head.family == "anchor_based":  # official ATSS / Dynamic ATSS: 90k iterations
+            if config.head.family == "anchor_based" and config.head.type != "retinanet":  # official ATSS: 90k iterations
                 assert (s.max_iters, s.steps) == (90_000, (60_000, 80_000)), name
-            else:  # official Pseudo-IoU (mmdetection epoch runner)
+            else:  # official Pseudo-IoU, mmdetection's RetinaNet (epoch runner)
                 assert (s.max_iters, s.epochs, s.steps) == (None, 12, (8, 11)), name
             assert (d.max_size, config.backbone.name) == (1333, "resnet50"), name
             assert config.fpn.levels == (3, 4, 5, 6, 7) and config.fpn.out_channels == 256
-            assert (config.head.width, config.head.depth, config.head.gn_groups) == (256, 4, 32)
+            depth = 3 if config.head.type == "vfnet" else 4  # mmdetection's VFNetHead: stacked_convs=3
+            assert (config.head.width, config.head.depth, config.head.gn_groups) == (256, depth, 32), name
             assert config.inference.score_threshold == 0.05
             assert config.inference.pre_nms_top_k == 1000 and config.inference.max_detections == 100
         if name.endswith("_2x"):
@@ -87,7 +88,9 @@ def test_paper_recipes():
 
 
 def _coco_configs():
-    return {name: c for name, c in CONFIGS.items() if c.data.dataset == "coco"}
+    """The COCO rows of the ATSS / Dynamic ATSS / Pseudo-IoU official codes (RetinaNet follows
+    mmdetection's own recipe instead: ``test_retinanet_recipe``)."""
+    return {name: c for name, c in CONFIGS.items() if c.data.dataset == "coco" and c.head.type != "retinanet"}
 
 
 def test_every_coco_row_uses_the_official_optimiser_settings():
@@ -106,7 +109,7 @@ def test_paper_configs_use_the_backbone_style_of_their_official_code():
     """maskrcnn-benchmark (ATSS, Dynamic ATSS) and the Pseudo-IoU mmdetection configs train
     Caffe-style ResNets from the MSRA / detectron weights; the demos keep torchvision style."""
     for name, config in CONFIGS.items():
-        expected = "caffe" if config.data.dataset in ("coco", "voc") else "pytorch"
+        expected = "caffe" if config.data.dataset in ("coco", "voc") and config.head.type != "retinanet" else "pytorch"
         assert config.backbone.style == expected, name
         if expected == "caffe":
             assert (config.backbone.norm, config.backbone.frozen_stages) == ("frozen_bn", 1), name
@@ -143,6 +146,45 @@ def test_no_variant_loses_a_field_of_its_family_recipe():
         else:
             assert config.solver.grad_clip_norm is None, name
             assert config.inference.nms_threshold == 0.6, name
+
+
+def test_retinanet_recipe():
+    """mmdetection 2.x ``retinanet_r50_fpn_1x_coco.py``: 9 anchors (octave base 4, 3 scales,
+    ratios 0.5/1/2), max-IoU 0.5/0.4 with low-quality matches (min_pos_iou 0), focal + L1 on
+    deltas with stds 1 (weight 1), no GN, no quality; test 0.05 / 1000 / NMS 0.5 / 100;
+    pytorch-style R-50, P6 from C5; SGD 0.01, linear warmup 500 from 0.001, 12 epochs, 8/11."""
+    config = CONFIGS["retinanet_r50_1x"]
+    h, a, s, i = config.head, config.assign, config.solver, config.inference
+    assert (h.type, h.family, h.quality, h.norm, h.anchor_scale) == ("retinanet", "anchor_based", "none", "none", 4.0)
+    assert h.anchor_scales == pytest.approx((1.0, 2 ** (1 / 3), 2 ** (2 / 3))) and h.anchor_ratios == (0.5, 1.0, 2.0)
+    assert h.delta_stds == (1.0, 1.0, 1.0, 1.0) and (h.width, h.depth) == (256, 4)
+    assert (a.name, a.pos_iou_thr, a.neg_iou_thr, a.min_pos_iou, a.match_low_quality) == ("max_iou", 0.5, 0.4, 0.0, True)
+    assert (config.loss.cls, config.loss.box, config.loss.box_weight) == ("focal", "l1", 1.0)
+    assert (i.score_threshold, i.pre_nms_top_k, i.nms_threshold, i.max_detections, i.score_mode) == (0.05, 1000, 0.5, 100, "cls")
+    assert (config.backbone.name, config.backbone.style, config.fpn.p6p7_input, config.fpn.levels) == (
+        "resnet50", "pytorch", "c5", (3, 4, 5, 6, 7))
+    assert (s.batch_size, s.lr, s.momentum, s.weight_decay, s.epochs, s.steps, s.max_iters) == (16, 0.01, 0.9, 1e-4, 12, (8, 11), None)
+    assert (s.warmup, s.warmup_iters, s.warmup_ratio, s.bias_lr_factor, s.grad_clip_norm) == ("linear", 500, 0.001, 1.0, None)
+    assert config.data == CONFIGS["atss_r50_1x"].data  # 800 / 1333, flip 0.5, empty images dropped
+    demo = CONFIGS["demo_retinanet"]
+    assert (demo.head.type, demo.assign, demo.loss) == ("retinanet", a, config.loss) and demo.data.dataset == "digits"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["head.anchor_scales=1,2", "head.family=anchor_free", "assign.name=pseudo_iou", "head.quality=none",
+      "inference.score_mode=cls"], "several anchors per location"),
+    (["head.anchor_ratios=0,1"], "head.anchor_ratios"),
+    (["head.norm=bn"], "head.norm"),
+    (["head.delta_stds=1,1"], "head.delta_stds"),
+    (["head.quality=centerness", "inference.score_mode=sqrt"], "head.type=retinanet needs head.quality=none"),
+])
+def test_anchor_and_retinanet_options_are_validated(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        get_config("demo_retinanet", overrides)
+    with pytest.raises(ValueError, match="loss.box=l1"):
+        get_config("demo_gflv2", ["loss.box=l1"])
+    several = get_config("demo_atss", ["head.anchor_scales=1,1.5", "head.anchor_ratios=0.5,1,2"])
+    assert (several.head.anchor_scales, several.head.anchor_ratios) == ((1.0, 1.5), (0.5, 1.0, 2.0))
 
 
 def test_multi_scale_sources():

@@ -171,7 +171,7 @@ def test_loss_targets_batched_are_the_target_builders(cls_loss, quality):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cls_loss", DL.CLS_LOSSES)
-@pytest.mark.parametrize("box_loss", DL.BOX_LOSSES)
+@pytest.mark.parametrize("box_loss", ("giou", "iou"))  # the decoded-box losses; "l1"/"smooth_l1" read deltas (tests/parity)
 def test_loss_step_backward_is_finite_in_float32_with_extreme_logits(device, cls_loss, box_loss):
     batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in make_batch().items()}
     batch["cls_logits"] = batch["cls_logits"].sign() * 50.0  # saturated

@@ -202,3 +202,78 @@ def test_anchor_free_detector_has_no_anchors_and_auto_regress_ranges():
     assert priors.anchors is None
     assert regress_ranges(config.assign, priors.levels) == ((-1.0, 64.0), (64.0, 128.0), (128.0, math.inf))
     assert set(priors.strides.tolist()) == {8.0, 16.0, 32.0}
+
+
+# ---------------------------------------------------------------------------------------
+# several anchors per location and the RetinaNet head (specs/model.md §3, §3.2)
+
+
+@pytest.mark.parametrize("head_type, norm, quality", [("atss", "gn", True), ("retinanet", "none", False)])
+def test_head_with_several_anchors_per_location_shapes_and_order(head_type, norm, quality):
+    """Output row ``offset_l + (y * W_l + x) * n + a`` is anchor a of location (y, x): the
+    conv channels ``a * K + k`` (classes), ``a * 4 + c`` (box), ``a`` (quality)."""
+    sizes, n, classes = [(4, 5), (2, 3)], 9, 3
+    head = DenseHead(8, classes, 2, width=8, depth=1, gn_groups=4, quality=quality, head_type=head_type, norm=norm,
+                     num_anchors=n)
+    features = _features(sizes)
+    out = head(features)
+    total = n * sum(h * w for h, w in sizes)
+    assert out.cls_logits.shape == (2, total, classes) and out.box_regression.shape == (2, total, 4)
+    assert (out.quality_logits.shape == (2, total)) if quality else out.quality_logits is None
+    offset = 0
+    for level, (feature, (h, w)) in enumerate(zip(features, sizes)):
+        cls_map = head.cls_logits(head.cls_tower(feature))  # (B, n * K, H, W)
+        box_map = head.box_pred(head.box_tower(feature))  # (B, n * 4, H, W)
+        if head.scales is not None:
+            box_map = head.scales[level](box_map)
+        for y, x in [(0, 0), (h - 1, 0), (0, w - 1), (h // 2, w // 2)]:
+            for a in (0, 4, n - 1):
+                row = offset + (y * w + x) * n + a
+                torch.testing.assert_close(out.cls_logits[:, row], cls_map[:, a * classes : (a + 1) * classes, y, x])
+                torch.testing.assert_close(out.box_regression[:, row], box_map[:, a * 4 : (a + 1) * 4, y, x])
+                if quality:
+                    quality_map = head.quality(head.box_tower(feature))
+                    torch.testing.assert_close(out.quality_logits[:, row], quality_map[:, a, y, x])
+        offset += n * h * w
+
+
+def test_retinanet_head_has_no_norm_no_scale_and_biased_convs():
+    head = DenseHead(8, 3, 2, width=8, depth=2, gn_groups=4, quality=False, head_type="retinanet", norm="none",
+                     num_anchors=9)
+    assert head.scales is None
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in head.modules())
+    assert all(conv.bias is not None for conv in head.cls_tower if isinstance(conv, torch.nn.Conv2d))
+    assert head.cls_logits.out_channels == 27 and head.box_pred.out_channels == 36
+    torch.testing.assert_close(head.cls_logits.bias, torch.full((27,), -math.log(99.0)))
+    with pytest.raises(ValueError, match="num_anchors"):
+        DenseHead(8, 3, 2, family="anchor_free", quality=False, num_anchors=9)
+    with pytest.raises(ValueError, match="norm"):
+        DenseHead(8, 3, 2, norm="bn")
+
+
+def test_retinanet_priors_and_decoding_pair_anchor_i_with_output_row_i():
+    config = get_config("demo_retinanet")
+    model = Detector(config, 4)
+    out = model(torch.zeros(1, 3, 64, 96))
+    priors = model.priors((64, 96), out.feature_sizes)
+    n = 9
+    assert priors.anchors.shape == (out.cls_logits.shape[1], 4) == (n * (8 * 12 + 4 * 6 + 2 * 3), 4)
+    assert priors.num_per_level == [n * 8 * 12, n * 4 * 6, n * 2 * 3]
+    assert priors.points.shape == (len(priors.anchors), 2) and priors.strides.shape == (len(priors.anchors),)
+    centres = (priors.anchors[:, :2] + priors.anchors[:, 2:]) / 2
+    torch.testing.assert_close(centres, priors.points, rtol=0, atol=0)  # each anchor on its location's point
+    assert priors.delta_stds == (1.0, 1.0, 1.0, 1.0)
+    # a code predicted at row i decodes against anchor i: zero codes give the anchors back,
+    # and a code (dx, 0, 0, 0) moves anchor i by dx times its own width (stds 1)
+    codes = torch.zeros(1, len(priors.anchors), 4)
+    torch.testing.assert_close(priors.decode(codes)[0], priors.anchors)
+    index = torch.tensor([0, 1, 5, 8, 9 * 13 + 2, len(priors.anchors) - 1])
+    shift = torch.zeros(len(index), 4)
+    shift[:, 0] = 0.5
+    width = priors.anchors[index, 2] - priors.anchors[index, 0]
+    moved = priors.decode_at(index, shift)
+    torch.testing.assert_close(moved[:, 0], priors.anchors[index, 0] + 0.5 * width)
+    # the per-location anchors are RetinaNet's 3 ratios x 3 scales of side 4 * 8 * 2^(j / 3)
+    first = priors.anchors[:9]
+    sides = torch.sqrt((first[:, 2] - first[:, 0]) * (first[:, 3] - first[:, 1]))
+    torch.testing.assert_close(sides, 32 * torch.tensor([1.0, 2 ** (1 / 3), 2 ** (2 / 3)] * 3), rtol=1e-3, atol=0)

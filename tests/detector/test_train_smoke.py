@@ -52,6 +52,9 @@ def _fixed_batch(config):
     ("demo_tal", ("assign.atss_warmup=0",)),  # TAL from the first step, QFL on its soft targets
     ("demo_simota", ()),
     ("demo_dsl", ()),
+    ("demo_retinanet", ()),  # 9 anchors per location, max-IoU, focal + L1 on deltas, no GN
+    ("demo_atss", ("head.anchor_scale=4", "head.anchor_scales=1,1.2599210498948732,1.5874010519681994",
+                   "head.anchor_ratios=0.5,1,2")),  # ATSS with 9 anchors per location
 ])
 def test_overfit_one_batch(data_root, name, extra):
     config = tiny_config(data_root, name, "solver.warmup=none", "solver.lr=0.01", *extra)
@@ -69,6 +72,18 @@ def test_overfit_one_batch(data_root, name, extra):
         losses.append(result.terms["loss"])
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.8 * first, losses
+
+
+def test_retinanet_few_iterations_train_and_evaluate(data_root, tmp_path):
+    """RetinaNet (9 anchors per location, max-IoU, L1 on deltas) through ``train``: a short run
+    with the final evaluation, finite losses, positives at every step."""
+    config = tiny_config(data_root, "demo_retinanet", "solver.epochs=1")
+    metrics = train(config, tmp_path / "run", progress=False)
+    assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert metrics["AP"] is not None and 0.0 <= metrics["AP"] <= 1.0
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert records and all(math.isfinite(r["loss"]) and r["num_pos"] > 0 for r in records)
+    assert "loss_quality" not in records[0] and math.isfinite(records[0]["loss_box"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -265,7 +280,7 @@ def test_list_configs(capsys):
     rows = printed.split("paper tables, row by row")[1]
     assert "Dynamic ATSS Table 3\n  1 : 1 (39.75 AP): atss_ciou_r50_1x\n" in rows
     assert "Pseudo-IoU Table 4\n" in rows and "Pseudo-IoU R-101-FPN-DCN (43.4 AP (test-dev)): piou_giou_ctr_r101_dcn_2x" in rows
-    assert "  RetinaNet (35.7 AP): none, needs 9 anchors per location" in rows
+    assert "  RetinaNet (35.7 AP): retinanet_r50_1x\n" in rows
 
 
 # ---------------------------------------------------------------------------------------

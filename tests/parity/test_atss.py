@@ -163,3 +163,82 @@ def test_gt_centres_off_the_anchor_grid_match_reference():
     gts = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1)
     expected = reference_atss(anchors, counts, gts)
     assert_same_assignment(expected, torch_atss(to_torch(anchors), counts, to_torch(gts)))
+
+
+# ---------------------------------------------------------------------------------------
+# several anchors per location (specs/atss.md §2.1): the 9 anchors of a location share its
+# centre exactly, so they tie in distance; ties go to the lower anchor index (flattening order)
+
+from detector.assign import nearest  # noqa: E402
+from reference.conventions import (  # noqa: E402
+    RETINANET_ANCHOR_RATIOS,
+    RETINANET_ANCHOR_SCALES,
+    RETINANET_OCTAVE_BASE_SCALE,
+)
+
+
+def _nine(size, strides):
+    return multi_level_anchors(size, strides, RETINANET_OCTAVE_BASE_SCALE, scales=RETINANET_ANCHOR_SCALES,
+                               ratios=RETINANET_ANCHOR_RATIOS)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=30)
+@given(scene=anchor_scenes(max_side=480, max_boxes=30, retinanet=True), topk=st.sampled_from([1, 4, 9, 10, 13, 18, 27]))
+def test_nine_anchors_float64_equals_reference_exactly(device, scene, topk):
+    expected, actual = _run_both(scene, device, topk=topk)
+    if device == "cpu":
+        assert_same_assignment(expected, actual)
+    else:
+        assert_same_assignment(expected, actual, metric_atol=1e-12, threshold_atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_nine_anchors_k_cuts_through_a_location(device, dtype):
+    anchors, counts = _nine((64, 96), (8,))  # 8 x 12 locations, 9 anchors each
+    cols = 12
+    # GT 0 centred on location (row 2, col 3) = (28, 20); GT 1 centred on the boundary between
+    # columns 5 and 6 of row 4 ((48, 36): 4 px from both centres, a tie between 18 anchors)
+    gts = np.array([[18.0, 10.0, 38.0, 30.0], [40.0, 28.0, 56.0, 44.0]])
+    loc0, loc1 = 2 * cols + 3, 4 * cols + 5
+    for k, want0, want1 in (
+        (4, loc0 * 9 + np.arange(4), loc1 * 9 + np.arange(4)),
+        (9, loc0 * 9 + np.arange(9), loc1 * 9 + np.arange(9)),
+        (13, None, np.concatenate([loc1 * 9 + np.arange(9), (loc1 + 1) * 9 + np.arange(4)])),
+    ):
+        expected = reference_atss(anchors, counts, gts, topk=k)
+        actual = torch_atss(to_torch(anchors, dtype, device), counts, to_torch(gts, dtype, device), topk=k)
+        if want0 is not None:
+            np.testing.assert_array_equal(expected.candidate_index[0], want0)
+        np.testing.assert_array_equal(expected.candidate_index[1], want1)
+        np.testing.assert_array_equal(to_numpy(actual.candidate_index), expected.candidate_index)
+        np.testing.assert_array_equal(to_numpy(actual.matched_gt), expected.matched_gt)
+    # the dense exact-k search of nearest.py on its own (no grouping) keeps the same tie rule
+    centers = to_torch(box_centers(anchors), dtype, device)
+    gt_centers = to_torch(box_centers(gts), dtype, device)[None]
+    for k in (4, 9, 13, 40):
+        dense = nearest._nearest_in_level(gt_centers, centers, k)[0]
+        expected = reference_atss(anchors, counts, gts, topk=k).candidate_index
+        np.testing.assert_array_equal(to_numpy(dense), expected)
+    assert nearest._anchors_per_location(centers, counts) == 9  # the grouped path ran above
+    assert nearest._anchors_per_location(to_torch(box_centers(multi_level_anchors((64, 96), (8,))[0])), counts[:1]) == 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=10)
+@given(data=st.data())
+def test_nine_anchors_batched_equals_per_image_and_reference(device, data):
+    size = data.draw(image_sizes(max_side=320))
+    levels = data.draw(st.integers(1, 4))
+    anchors, counts = _nine(size, STRIDES[:levels])
+    gt_list = [data.draw(gt_boxes(size, 0, data.draw(st.sampled_from([0, 3, 20])))) for _ in range(data.draw(st.integers(1, 3)))]
+    gts, valid = pad_gt_boxes(gt_list, device=device)
+    anchors_t = to_torch(anchors, device=device)
+    batched = assign_atss_batched(anchors_t, counts, gts, valid, topk=9)
+    assert_batched_equals_stacked(batched, [torch_atss(anchors_t, counts, to_torch(g, device=device)) for g in gt_list])
+    chunked = assign_atss_batched(anchors_t, counts, gts, valid, topk=9, max_elements=1)
+    assert_batched_equals_stacked(chunked, [batched.image(b) for b in range(len(gt_list))])
+    if device == "cpu":
+        for b, g in enumerate(gt_list):
+            assert_same_assignment(reference_atss(anchors, counts, g), batched.image(b), num_gts=len(g))

@@ -86,6 +86,20 @@ def test_float64_matches_reference(device, scene, data):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=25)
+@given(scene=anchor_scenes(max_side=400, max_boxes=30, retinanet=True), topk=st.sampled_from([4, 9, 13]),
+       data=st.data())
+def test_nine_anchors_per_location_match_reference(device, scene, topk, data):
+    # RetinaNet's 9 anchors per location: candidates tie within a location (specs/atss.md §2.1)
+    deltas = data.draw(pred_deltas(len(scene["anchors"])))
+    args = (scene["anchors"], scene["num_anchors_per_level"], scene["gt_boxes"])
+    expected = reference_dynamic(*args, deltas, topk=topk)
+    actual = torch_dynamic(to_torch(args[0], device=device), args[1], to_torch(args[2], device=device),
+                           to_torch(deltas, device=device), topk=topk)
+    _check(scene, deltas, expected, actual, 1e-9, 1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=3, suppress_health_check=list(HealthCheck))
 @given(size=image_sizes(max_side=1333, min_side=1000), data=st.data())
 def test_float64_crowded_full_size_scenes(device, size, data):

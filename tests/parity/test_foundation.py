@@ -95,6 +95,40 @@ def test_anchors_and_points_match_reference(height, width, offset, num_levels):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@given(st.integers(0, 700), st.integers(0, 700), st.sampled_from([0.0, 0.5]), st.integers(1, 5),
+       st.sampled_from(["one", "retinanet", "two_scales"]))
+def test_several_anchors_per_location_match_reference(device, height, width, offset, num_levels, shapes):
+    from reference.conventions import RETINANET_ANCHOR_RATIOS, RETINANET_ANCHOR_SCALES
+
+    scales, ratios = {"one": ((1.0,), (1.0,)), "retinanet": (RETINANET_ANCHOR_SCALES, RETINANET_ANCHOR_RATIOS),
+                      "two_scales": ((1.0, 1.5), (1.0,))}[shapes]
+    strides = (8, 16, 32, 64, 128)[:num_levels]
+    anchors, counts = RA.multi_level_anchors((height, width), strides, 4, offset, scales=scales, ratios=ratios)
+    for dtype in (torch.float64, torch.float32):
+        t_anchors, t_counts = DA.multi_level_anchors((height, width), strides, 4, offset, scales=scales, ratios=ratios,
+                                                     device=device, dtype=dtype)
+        assert t_counts == counts and t_anchors.dtype == dtype
+        # quantised half sides on multiples of 4 px centres: float32 holds them exactly too
+        np.testing.assert_array_equal(t_anchors.cpu().double().numpy(), anchors)
+    np.testing.assert_array_equal(DA.anchor_shapes(32.0, scales, ratios, dtype=torch.float64).numpy(),
+                                  RA.anchor_shapes(32.0, scales, ratios))
+
+
+def test_default_single_anchor_is_the_old_formula_in_float32():
+    # the single-anchor path computes what it did before anchor shapes were configurable
+    strides = (8, 16, 32)
+    for base in (8, 4.0):
+        anchors, counts = DA.multi_level_anchors((128, 160), strides, base, dtype=torch.float32)
+        points, _, _ = DA.multi_level_points((128, 160), strides, dtype=torch.float32)
+        start = 0
+        for stride, count in zip(strides, counts):
+            half = base * stride / 2
+            expected = torch.cat([points[start : start + count] - half, points[start : start + count] + half], dim=1)
+            assert torch.equal(anchors[start : start + count], expected)
+            start += count
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @given(data=st.data())
 def test_coders_match_reference(device, data):
     size = data.draw(image_sizes(max_side=640))

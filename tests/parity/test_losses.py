@@ -126,6 +126,8 @@ def loss_batches(draw, max_side=192):
                 matched_gt=matched,
                 gt_boxes=gts,
                 gt_labels=rng.integers(0, num_classes, size=len(gts)),
+                box_deltas=deltas,  # the raw codes of pred_boxes, for the delta box losses
+                anchors=anchors,
             )
         )
     return images
@@ -148,6 +150,8 @@ def pad_batch(images, dtype=torch.float64, device="cpu"):
         pred_boxes=stack("pred_boxes"),
         quality_logits=stack("quality_logits"),
         centers=tensor(images[0]["centers"], dtype, device),
+        box_deltas=stack("box_deltas"),
+        anchors=tensor(images[0]["anchors"], dtype, device),
         matched_gt=torch.stack([torch.as_tensor(image["matched_gt"], device=device) for image in images]),
         gt_boxes=gt_boxes,
         gt_labels=gt_labels,
@@ -156,6 +160,21 @@ def pad_batch(images, dtype=torch.float64, device="cpu"):
 
 
 OPTIONS = st.tuples(st.sampled_from(DL.CLS_LOSSES), st.sampled_from(DL.BOX_LOSSES), st.sampled_from(DL.QUALITY_BRANCHES))
+
+
+def without_zero_area_positives(images, box_loss):
+    """The delta box losses need GTs of positive size at the positives (a zero-width GT has no
+    log(w) code): for them, positives on zero-area GTs become background."""
+    if box_loss not in RL.DELTA_BOX_LOSSES:
+        return images
+    result = []
+    for image in images:
+        gts = image["gt_boxes"]
+        flat = (gts[:, 2] <= gts[:, 0]) | (gts[:, 3] <= gts[:, 1]) if len(gts) else np.zeros(0, dtype=bool)
+        matched = image["matched_gt"]
+        bad = (matched >= 0) & flat[np.maximum(matched, 0)] if len(gts) else np.zeros(len(matched), dtype=bool)
+        result.append(dict(image, matched_gt=np.where(bad, -1, matched)))
+    return result
 
 
 def reference_terms(images, cls_loss, box_loss, quality, box_loss_weight=2.0):
@@ -171,6 +190,7 @@ def reference_terms(images, cls_loss, box_loss, quality, box_loss_weight=2.0):
 @settings(max_examples=40)
 def test_batched_loss_step_equals_reference_batch(device, images, options):
     cls_loss, box_loss, quality = options
+    images = without_zero_area_positives(images, box_loss)
     expected = reference_terms(images, *options)
     batch = pad_batch(images, device=device)
     if quality == "none":
@@ -195,6 +215,7 @@ def test_batched_loss_step_equals_reference_batch(device, images, options):
 @settings(max_examples=30)
 def test_single_image_loss_step_and_sums_match_reference(images, options):
     cls_loss, box_loss, quality = options
+    images = without_zero_area_positives(images, box_loss)
     image = dict(images[0]) | ({"quality_logits": None} if quality == "none" else {})
     expected = RL.loss_sums(**image, cls_loss=cls_loss, box_loss=box_loss, quality=quality)
     as_torch = {key: (value if value is None or key in ("matched_gt", "gt_labels") else tensor(value)) for key, value in image.items()}
@@ -209,6 +230,71 @@ def test_single_image_loss_step_and_sums_match_reference(images, options):
     expected_terms = RL.detection_losses(**image, cls_loss=cls_loss, box_loss=box_loss, quality=quality, box_loss_weight=1.5)
     for key in expected_terms:
         np.testing.assert_allclose(numpy(terms[key]), expected_terms[key], **F64, err_msg=key)
+
+
+# ---------------------------------------------------------------------------------------
+# box losses on delta-xywh codes (specs/losses.md §5.1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(st.integers(0, 40), st.integers(0, 2**32 - 1), st.sampled_from([1.0 / 9.0, 1.0, 0.05]))
+def test_delta_losses_match_reference(device, count, seed, beta):
+    rng = np.random.default_rng(seed)
+    pred = rng.normal(0.0, 1.0, (count, 4)) * rng.choice([0.01, 0.1, 3.0], (count, 1))
+    target = pred + rng.normal(0.0, 0.2, (count, 4)) * rng.choice([0.0, 0.1, 1.0], (count, 1))
+    np.testing.assert_array_equal(numpy(DL.l1_loss(tensor(pred, device=device), tensor(target, device=device))),
+                                  RL.l1_loss(pred, target))  # |.| and 3 additions in the same order: exact
+    actual = DL.smooth_l1_loss(tensor(pred, device=device), tensor(target, device=device), beta)
+    np.testing.assert_allclose(numpy(actual), RL.smooth_l1_loss(pred, target, beta), **F64)
+
+
+def test_delta_losses_worked_examples():
+    pred, target = np.array([[0.0, 0.0, 0.0, 0.0], [0.5, -0.05, 1.0, 0.0]]), np.array([[0.0] * 4, [0.0, 0.0, 0.0, 2.0]])
+    np.testing.assert_allclose(RL.l1_loss(pred, target), [0.0, 0.5 + 0.05 + 1.0 + 2.0])
+    # beta = 1/9: 0.05 < beta is quadratic (0.5 * 0.0025 * 9), the others linear (d - 1/18)
+    expected = (0.5 - 1 / 18) + 0.5 * 0.05 ** 2 * 9 + (1.0 - 1 / 18) + (2.0 - 1 / 18)
+    np.testing.assert_allclose(RL.smooth_l1_loss(pred, target), [0.0, expected])
+    np.testing.assert_allclose(numpy(DL.smooth_l1_loss(tensor(pred), tensor(target))), [0.0, expected])
+    for module, convert in ((RL, np.asarray), (DL, tensor)):
+        with pytest.raises(ValueError, match="beta"):
+            module.smooth_l1_loss(convert(pred), convert(target), beta=0.0)
+        with pytest.raises(ValueError, match="target_deltas"):
+            module.l1_loss(convert(pred), convert(target[:1]))
+
+
+def test_l1_loss_step_on_one_positive_by_hand():
+    """RetinaNet's box term: L1 between the predicted codes and the GT's codes on the anchor
+    (stds 1), summed over the 4 coordinates, divided by the positives; weight 1."""
+    anchors = np.array([[0.0, 0.0, 10.0, 10.0], [10.0, 0.0, 20.0, 10.0]])
+    gts = np.array([[0.0, 0.0, 20.0, 10.0]])  # codes on anchor 0: dx = 0.5, dy = 0, dw = ln 2, dh = 0
+    deltas = np.array([[0.25, 0.0, 0.0, 0.5], [0.0, 0.0, 0.0, 0.0]])
+    stds = (1.0, 1.0, 1.0, 1.0)
+    from reference.coders import decode_deltas
+
+    image = dict(cls_logits=np.zeros((2, 1)), pred_boxes=decode_deltas(anchors, deltas, stds), quality_logits=None,
+                 centers=(anchors[:, :2] + anchors[:, 2:]) / 2, matched_gt=np.array([0, -1]), gt_boxes=gts,
+                 gt_labels=np.array([0]), box_deltas=deltas, anchors=anchors, delta_stds=stds)
+    expected = 0.25 + 0.0 + np.log(2.0) + 0.5
+    terms = RL.detection_losses(**image, box_loss="l1", quality="none", box_loss_weight=1.0)
+    assert terms["loss_box"] == pytest.approx(expected)
+    batched = LS.detection_losses_batched(
+        tensor(image["cls_logits"])[None], tensor(image["pred_boxes"])[None], None, tensor(image["centers"]),
+        torch.tensor([[0, -1]]), tensor(gts)[None], torch.tensor([[0]]), box_loss="l1", quality="none",
+        box_deltas=tensor(deltas)[None], anchors=tensor(anchors), delta_stds=stds, box_loss_weight=1.0)
+    assert float(batched["loss_box"]) == pytest.approx(expected)
+    # with the default stds (0.1, 0.1, 0.2, 0.2) the targets are 10 and 5 times larger
+    default = RL.detection_losses(**(image | {"delta_stds": (0.1, 0.1, 0.2, 0.2)}), box_loss="l1", quality="none",
+                                  box_loss_weight=1.0)
+    assert default["loss_box"] == pytest.approx(abs(0.25 - 5.0) + np.log(2.0) / 0.2 + 0.5)
+    # the delta losses need the codes and the anchors, and GTs of positive size at the positives
+    with pytest.raises(ValueError, match="box_deltas, anchors"):
+        RL.loss_sums(**(image | {"box_deltas": None}), box_loss="smooth_l1", quality="none")
+    with pytest.raises(ValueError, match="box_deltas, anchors"):
+        LS.loss_sums_batched(tensor(image["cls_logits"])[None], tensor(image["pred_boxes"])[None], None,
+                             tensor(image["centers"]), torch.tensor([[0, -1]]), tensor(gts)[None], torch.tensor([[0]]),
+                             box_loss="l1", quality="none")
+    with pytest.raises(ValueError, match="zero width or height"):
+        RL.loss_sums(**(image | {"gt_boxes": np.array([[0.0, 0.0, 0.0, 10.0]])}), box_loss="l1", quality="none")
 
 
 @given(st.lists(st.floats(0, 50), min_size=0, max_size=10), st.data())

@@ -37,6 +37,17 @@ def test_float64_equals_reference_exactly(device, scene, options):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=25)
+@given(scene=anchor_scenes(max_side=400, max_boxes=40, retinanet=True), options=OPTIONS)
+def test_nine_anchors_per_location_float64_equals_reference_exactly(device, scene, options):
+    # max-IoU reads only the boxes: RetinaNet's 9 anchors per location need nothing else
+    assert len(scene["anchors"]) == 9 * sum(n // 9 for n in scene["num_anchors_per_level"])
+    expected = reference_max_iou(scene["anchors"], scene["gt_boxes"], **options)
+    actual = torch_max_iou(to_torch(scene["anchors"], device=device), to_torch(scene["gt_boxes"], device=device), **options)
+    assert_same_assignment(expected, actual)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=20)
 @given(scene=anchor_scenes(max_side=640, max_boxes=40), options=OPTIONS)
 def test_float32_agrees_except_near_thresholds(device, scene, options):

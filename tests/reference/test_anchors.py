@@ -69,3 +69,85 @@ def test_generators_take_the_feature_map_sizes_directly():
         multi_level_points(level_sizes=padded[:2], strides=strides)
     with pytest.raises(ValueError, match="image_size, level_sizes"):
         multi_level_points(strides=strides)
+
+
+# ---------------------------------------------------------------------------------------
+# several anchors per location (§3, conventions §3)
+
+from reference.conventions import (  # noqa: E402
+    ANCHOR_QUANTUM,
+    RETINANET_ANCHOR_RATIOS,
+    RETINANET_ANCHOR_SCALES,
+    RETINANET_OCTAVE_BASE_SCALE,
+)
+
+
+def _retinanet(size, strides):
+    return R.multi_level_anchors(size, strides, RETINANET_OCTAVE_BASE_SCALE, scales=RETINANET_ANCHOR_SCALES,
+                                 ratios=RETINANET_ANCHOR_RATIOS)
+
+
+def test_anchor_shapes_order_is_ratio_outer_scale_inner():  # §3: mmdetection's AnchorGenerator order
+    shapes = R.anchor_shapes(32.0, (1.0, 2.0), (0.25, 1.0, 4.0))
+    # anchor i * S + j: ratio i, scale j; w = side / sqrt(r), h = side * sqrt(r)
+    np.testing.assert_array_equal(shapes, [[64, 16], [128, 32], [32, 32], [64, 64], [16, 64], [32, 128]])
+    assert R.anchor_shapes(64.0).tolist() == [[64.0, 64.0]]
+
+
+def test_retinanet_shapes_keep_the_area_and_are_quantised():
+    shapes = R.anchor_shapes(4 * 8, RETINANET_ANCHOR_SCALES, RETINANET_ANCHOR_RATIOS)
+    assert shapes.shape == (9, 2)
+    side = 32 * np.array(RETINANET_ANCHOR_SCALES * 3)
+    ratio = np.repeat(RETINANET_ANCHOR_RATIOS, 3)
+    np.testing.assert_allclose(np.sqrt(shapes[:, 0] * shapes[:, 1]), side, rtol=1e-4)
+    np.testing.assert_allclose(shapes[:, 1] / shapes[:, 0], ratio, rtol=5e-4)  # quantisation: < 2^-9 px per side
+    half = shapes / 2 / ANCHOR_QUANTUM
+    np.testing.assert_array_equal(half, np.round(half))  # half sides on the 2^-8 grid
+
+
+def test_one_default_anchor_is_the_old_square_bit_for_bit():
+    for size, strides, base in (((200, 333), (8, 16, 32, 64, 128), 8), ((64, 96), (8, 16, 32), 4.0), ((40, 40), (8,), 5.3)):
+        anchors, counts = R.multi_level_anchors(size, strides, base)
+        points, _, point_counts = R.multi_level_points(size, strides)
+        assert counts == point_counts
+        start = 0
+        for stride, count in zip(strides, counts):
+            half = base * stride / 2  # the formula before several anchors per location existed
+            expected = np.concatenate([points[start : start + count] - half, points[start : start + count] + half], axis=1)
+            assert np.array_equal(anchors[start : start + count], expected)
+            start += count
+
+
+@given(st.integers(0, 200), st.integers(0, 200), st.sampled_from([0.0, 0.5]))
+def test_nine_anchors_layout(height, width, offset):  # (level, row, column, anchor) order
+    strides = (8, 16, 32)
+    anchors, counts = R.multi_level_anchors((height, width), strides, RETINANET_OCTAVE_BASE_SCALE, offset,
+                                            scales=RETINANET_ANCHOR_SCALES, ratios=RETINANET_ANCHOR_RATIOS)
+    points, _, point_counts = R.multi_level_points((height, width), strides, center_offset=offset)
+    assert counts == [9 * c for c in point_counts]
+    # every anchor is centred on its location's point, exactly (quantised half sides)
+    np.testing.assert_array_equal(box_centers(anchors), np.repeat(points, 9, axis=0))
+    start = 0
+    for stride, count in zip(strides, counts):
+        level = anchors[start : start + count].reshape(-1, 9, 4)
+        shapes = R.anchor_shapes(RETINANET_OCTAVE_BASE_SCALE * stride, RETINANET_ANCHOR_SCALES, RETINANET_ANCHOR_RATIOS)
+        np.testing.assert_array_equal(level[..., 2] - level[..., 0], np.broadcast_to(shapes[:, 0], level.shape[:2]))
+        np.testing.assert_array_equal(level[..., 3] - level[..., 1], np.broadcast_to(shapes[:, 1], level.shape[:2]))
+        start += count
+
+
+def test_nine_anchors_first_location_and_float32_exact():
+    anchors, counts = _retinanet((16, 24), (8,))
+    assert counts == [2 * 3 * 9]
+    np.testing.assert_array_equal(box_centers(anchors[:9]), [[4.0, 4.0]] * 9)
+    np.testing.assert_array_equal(box_centers(anchors[9:18]), [[12.0, 4.0]] * 9)  # the next column
+    np.testing.assert_array_equal(box_centers(anchors[27:36]), [[4.0, 12.0]] * 9)  # the next row
+    big, _ = _retinanet((1344, 1344), (8, 16, 32, 64, 128))
+    assert np.array_equal(big.astype(np.float32).astype(np.float64), big)  # exact in float32
+
+
+@pytest.mark.parametrize("scales, ratios", [((), (1.0,)), ((1.0,), ()), ((0.0,), (1.0,)), ((1.0,), (-1.0,)),
+                                            ((float("nan"),), (1.0,))])
+def test_bad_scales_and_ratios(scales, ratios):
+    with pytest.raises(ValueError, match="scales|ratios"):
+        R.multi_level_anchors((32, 32), (8,), scales=scales, ratios=ratios)
