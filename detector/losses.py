@@ -39,9 +39,6 @@ SMOOTH_L1_BETA = 1.0 / 9.0
 BOX_LOSSES = ("giou", "iou", "l1", "smooth_l1")
 DELTA_BOX_LOSSES = ("l1", "smooth_l1")
 QUALITY_BRANCHES = ("centerness", "iou", "none")
-#: Probability-form BCE (GFLV2's joint score): each log-probability is clamped below at
-#: this value, as PyTorch's ``binary_cross_entropy`` (which GFocalV2's QFL calls).
-PROB_LOG_MIN = -100.0
 #: Where "qfl" / "vfl" take their soft target (``loss.soft_target``): the IoU of the
 #: decoded prediction with its GT, or the assignment's ``matched_metric`` (``soft_targets``).
 SOFT_TARGETS = ("iou", "assigner")

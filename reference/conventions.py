@@ -47,3 +47,6 @@ RETINANET_DELTA_STDS = (1.0, 1.0, 1.0, 1.0)
 FCOS_REGRESS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, math.inf))
 #: FCOS centre-sampling radius, in strides.
 FCOS_CENTER_RADIUS = 1.5
+#: Lower clamp of each logarithm of a binary cross-entropy on probabilities, as torch's
+#: ``binary_cross_entropy`` (SimOTA's and DSL's class costs, the probability-form QFL).
+BCE_LOG_MIN = -100.0

@@ -8,7 +8,7 @@ import numpy as np
 
 from reference.boxes import aligned_box_giou, aligned_box_iou
 from reference.coders import encode_deltas
-from reference.conventions import DELTA_STDS
+from reference.conventions import BCE_LOG_MIN, DELTA_STDS
 from reference.targets import box_targets, centerness_targets, class_targets, iou_targets
 from reference.validation import as_boxes, as_finite, as_points, as_values, check_choice, check_exponent, check_unit
 
@@ -33,9 +33,6 @@ SMOOTH_L1_BETA = 1.0 / 9.0
 BOX_LOSSES = ("giou", "iou", "l1", "smooth_l1")
 DELTA_BOX_LOSSES = ("l1", "smooth_l1")
 QUALITY_BRANCHES = ("centerness", "iou", "none")
-#: Probability-form BCE (GFLV2's joint score): each log-probability is clamped below at
-#: this value, as PyTorch's ``binary_cross_entropy`` (which GFocalV2's QFL calls).
-PROB_LOG_MIN = -100.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -124,8 +121,8 @@ def quality_focal_loss_prob(probs, targets, beta=QFL_BETA):
     probs, targets = _probs_and_targets(probs, targets)
     check_exponent(beta, "beta")
     with np.errstate(divide="ignore"):
-        log_p = np.maximum(np.log(probs), PROB_LOG_MIN)
-        log_not_p = np.maximum(np.log1p(-probs), PROB_LOG_MIN)
+        log_p = np.maximum(np.log(probs), BCE_LOG_MIN)
+        log_not_p = np.maximum(np.log1p(-probs), BCE_LOG_MIN)
     return np.abs(targets - probs) ** beta * -(targets * log_p + (1.0 - targets) * log_not_p)
 
 

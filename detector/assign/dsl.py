@@ -34,7 +34,7 @@ import torch
 from detector.assign.batching import as_padded_batch, finish_batch, one_image
 from detector.assign.nearest import _exact_topk
 from detector.boxes import _centers, aligned_box_iou_unchecked
-from detector.conventions import BACKGROUND, OCTAVE_BASE_SCALE
+from detector.conventions import BACKGROUND, BCE_LOG_MIN, OCTAVE_BASE_SCALE
 from detector.validation import (
     as_boxes,
     as_pred_boxes,
@@ -56,8 +56,6 @@ DSL_IOU_WEIGHT = 3.0
 DSL_CENTER_BASE = 10.0
 #: The eps inside the IoU cost ``-log(IoU + eps)`` (mmdetection ``EPS``).
 DSL_IOU_EPS = 1e-7
-#: Lower clamp of the logarithms of the binary cross-entropy (as torch's ``binary_cross_entropy``).
-BCE_LOG_CLAMP = -100.0
 #: Default bound on the (GT, valid prior) pairs whose costs exist at once (B * G_chunk *
 #: V_max); about 100 bytes each at the peak in float64.
 DEFAULT_MAX_PAIRS = 2**23
@@ -297,8 +295,8 @@ def binary_cross_entropy(probabilities, targets):
     Returns:
         the losses, >= 0.
     """
-    log_p = torch.log(probabilities).clamp(min=BCE_LOG_CLAMP)
-    log_not_p = torch.log(1.0 - probabilities).clamp(min=BCE_LOG_CLAMP)
+    log_p = torch.log(probabilities).clamp(min=BCE_LOG_MIN)
+    log_not_p = torch.log(1.0 - probabilities).clamp(min=BCE_LOG_MIN)
     return (targets - 1.0) * log_not_p - targets * log_p
 
 

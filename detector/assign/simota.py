@@ -32,7 +32,7 @@ import torch
 from detector.assign.batching import as_padded_batch, finish_batch, one_image, sequential_sum
 from detector.assign.result import Assignment
 from detector.boxes import _centers, aligned_box_iou_unchecked
-from detector.conventions import BACKGROUND, OCTAVE_BASE_SCALE
+from detector.conventions import BACKGROUND, BCE_LOG_MIN, OCTAVE_BASE_SCALE
 from detector.validation import (
     as_boxes,
     as_pred_boxes,
@@ -56,8 +56,6 @@ SIMOTA_CLS_WEIGHT = 1.0
 SIMOTA_OUTSIDE_COST = 100000.0
 #: Added to the IoU inside the log of the IoU cost (YOLOX ``1e-8``; mmdetection ``1e-7``).
 SIMOTA_IOU_EPS = 1e-8
-#: Lower clamp of each log in the binary cross-entropy (as ``torch.nn.functional.binary_cross_entropy``).
-BCE_LOG_MIN = -100.0
 #: Default bound on the GT x anchor pairs (B * G_chunk * N) whose costs exist at once; a
 #: pair holds about 120 bytes of float64 temporaries, so a chunk takes about 130 MB (1,000 GTs
 #: on 22,300 anchors: about 0.5 GB above the inputs, 1.3 s on 2 CPU cores).

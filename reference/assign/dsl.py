@@ -20,7 +20,7 @@ import numpy as np
 
 from reference.assign.result import Assignment, empty_assignment
 from reference.boxes import _centers, box_iou
-from reference.conventions import BACKGROUND, OCTAVE_BASE_SCALE
+from reference.conventions import BACKGROUND, BCE_LOG_MIN, OCTAVE_BASE_SCALE
 from reference.validation import (
     as_boxes,
     as_pred_boxes,
@@ -41,8 +41,6 @@ DSL_IOU_WEIGHT = 3.0
 DSL_CENTER_BASE = 10.0
 #: The eps inside the IoU cost ``-log(IoU + eps)`` (mmdetection ``EPS``).
 DSL_IOU_EPS = 1e-7
-#: Lower clamp of the logarithms of the binary cross-entropy (as torch's ``binary_cross_entropy``).
-BCE_LOG_CLAMP = -100.0
 
 
 def assign_dsl(
@@ -194,8 +192,8 @@ def binary_cross_entropy(probabilities, targets):
         the losses, >= 0.
     """
     with np.errstate(divide="ignore"):
-        log_p = np.maximum(np.log(probabilities), BCE_LOG_CLAMP)
-        log_not_p = np.maximum(np.log(1.0 - probabilities), BCE_LOG_CLAMP)
+        log_p = np.maximum(np.log(probabilities), BCE_LOG_MIN)
+        log_not_p = np.maximum(np.log(1.0 - probabilities), BCE_LOG_MIN)
     return (targets - 1.0) * log_not_p - targets * log_p
 
 

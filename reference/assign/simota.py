@@ -19,7 +19,7 @@ import numpy as np
 
 from reference.assign.result import Assignment, empty_assignment
 from reference.boxes import _centers, box_iou
-from reference.conventions import BACKGROUND, OCTAVE_BASE_SCALE
+from reference.conventions import BACKGROUND, BCE_LOG_MIN, OCTAVE_BASE_SCALE
 from reference.validation import as_boxes, as_pred_boxes, as_values, check_level_counts, check_number
 
 #: Half-side of the centre region, in strides (YOLOX ``center_radius``).
@@ -35,8 +35,6 @@ SIMOTA_CLS_WEIGHT = 1.0
 SIMOTA_OUTSIDE_COST = 100000.0
 #: Added to the IoU inside the log of the IoU cost (YOLOX ``1e-8``; mmdetection ``1e-7``).
 SIMOTA_IOU_EPS = 1e-8
-#: Lower clamp of each log in the binary cross-entropy (as ``torch.nn.functional.binary_cross_entropy``).
-BCE_LOG_MIN = -100.0
 
 
 def assign_simota(
