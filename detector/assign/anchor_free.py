@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from detector.assign.batching import as_padded_batch, one_image
+from detector.assign.memo import memo, shared_points
 from detector.assign.result import Assignment
 from detector.assign.windows import MAX_ELEMENTS, level_grids, window_pairs
 from detector.boxes import safe_divide
@@ -41,7 +42,7 @@ from detector.conventions import (
     FCOS_REGRESS_RANGES,
 )
 from detector.pseudo_iou import _pseudo_iou_algorithm1
-from detector.validation import as_points, check_choice, check_level_counts, check_max_elements, check_number
+from detector.validation import check_choice, check_level_counts, check_max_elements, check_number
 
 
 def assign_all_inside(points, num_points_per_level, gt_boxes, *, strides=DEFAULT_STRIDES, regress_ranges=FCOS_REGRESS_RANGES):
@@ -369,7 +370,7 @@ def _check_inputs(points, num_points_per_level, gt_boxes, gt_valid, strides, reg
         one ``windows.LevelGrid`` per non-empty level, with the level's scalar ``lo``,
         ``hi`` and ``stride`` (the reference expands them to (A,) arrays instead).
     """
-    points = as_points(points, "points")
+    points = shared_points(points, "points")
     points, gt_boxes, gt_valid = as_padded_batch(points, gt_boxes, gt_valid, "points")
     counts = check_level_counts(num_points_per_level, len(points), "num_points_per_level")
     strides = [float(s) for s in strides]
@@ -379,7 +380,8 @@ def _check_inputs(points, num_points_per_level, gt_boxes, gt_valid, strides, reg
     if len(ranges) != len(counts) or not all(lo <= hi for lo, hi in ranges):  # NaN fails lo <= hi
         raise ValueError(f"regress_ranges: expected {len(counts)} pairs (lo, hi) with lo <= hi, got {ranges}")
     scalars = [{"lo": lo, "hi": hi, "stride": stride} for (lo, hi), stride in zip(ranges, strides)]
-    level = {"grids": level_grids(points, counts, scalars)}
+    key = ("level grids", tuple(counts), tuple(strides), tuple(ranges))
+    level = {"grids": memo(points, key, lambda: level_grids(points, counts, scalars))}
     return points, gt_boxes, gt_valid, level
 
 

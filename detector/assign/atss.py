@@ -32,10 +32,11 @@ from detector.assign.batching import (
     one_image,
     sequential_sum,
 )
+from detector.assign.memo import memo, shared_boxes
 from detector.assign.nearest import nearest_anchors
 from detector.boxes import _centers, aligned_box_iou_unchecked
 from detector.conventions import ATSS_INSIDE_EPS, ATSS_TOPK, BACKGROUND
-from detector.validation import as_boxes, check_level_counts, check_max_elements, check_number, check_topk
+from detector.validation import check_level_counts, check_max_elements, check_number, check_topk
 
 
 def assign_atss(
@@ -110,7 +111,7 @@ def assign_atss_batched(
         (B, G_max) (NaN for padded slots and when C = 0), candidate_index (B, G_max, C)
         int64 (-1 for padded slots).
     """
-    anchors = as_boxes(anchors, "anchors")
+    anchors = shared_boxes(anchors, "anchors")
     anchors, gt_boxes, gt_valid = as_padded_batch(anchors, gt_boxes, gt_valid)
     counts = check_level_counts(num_anchors_per_level, len(anchors), "num_anchors_per_level")
     topk = check_topk(topk)
@@ -154,7 +155,7 @@ def select_candidates(gt_boxes, anchors, num_anchors_per_level, topk, *, max_ele
         candidates first.
     """
     gt_centers = _centers(gt_boxes)
-    anchor_centers = _centers(anchors)
+    anchor_centers = anchor_centers_of(anchors)
     return nearest_anchors(gt_centers, anchor_centers, num_anchors_per_level, topk, max_elements)
 
 
@@ -214,7 +215,7 @@ def centers_inside(gt_boxes, anchors, candidate_index, eps):
     Returns:
         (B, G, C) bool. A zero-width or zero-height GT contains no centre for any ``eps >= 0``.
     """
-    centers = _centers(anchors[candidate_index])  # (B, G, C, 2)
+    centers = anchor_centers_of(anchors)[candidate_index]  # (B, G, C, 2)
     x, y = centers[..., 0], centers[..., 1]
     x1, y1, x2, y2 = (gt_boxes[..., i, None] for i in range(4))
     margin = torch.minimum(torch.minimum(x - x1, y - y1), torch.minimum(x2 - x, y2 - y))
@@ -256,6 +257,12 @@ def resolve_multiple_matches(candidate_index, candidate_metric, is_positive, num
 
 # ---------------------------------------------------------------------------------------
 # detector only
+
+
+def anchor_centers_of(anchors):
+    """(A, 4) anchors -> (A, 2) centres ``(x1 + x2) / 2, (y1 + y2) / 2``, computed once per
+    anchors tensor (``assign/memo.py``)."""
+    return memo(anchors, "centers", lambda: _centers(anchors))
 
 
 def _ieee_sqrt(values):

@@ -25,6 +25,7 @@ import math
 import torch
 
 from detector.assign.grids import row_major_grid
+from detector.assign.memo import memo
 
 
 def nearest_anchors(gt_centers, anchor_centers, num_anchors_per_level, topk, max_elements):
@@ -42,11 +43,12 @@ def nearest_anchors(gt_centers, anchor_centers, num_anchors_per_level, topk, max
         (B, G, C) int64 anchor indices into ``anchor_centers``, C = sum_l min(topk, A_l);
         level 0's first, within a level in (squared distance, anchor index) order.
     """
-    group = _anchors_per_location(anchor_centers, num_anchors_per_level)
+    counts = tuple(num_anchors_per_level)
+    group = memo(anchor_centers, ("per location", counts), lambda: _anchors_per_location(anchor_centers, counts))
     if group > 1:
         return _nearest_by_location(gt_centers, anchor_centers, num_anchors_per_level, topk, max_elements, group)
     batch, num_gts = gt_centers.shape[:2]
-    levels = _levels(anchor_centers, num_anchors_per_level, topk)
+    levels = memo(anchor_centers, ("levels", counts, topk), lambda: _levels(anchor_centers, counts, topk))
     chunk = max(1, max_elements // max(1, batch * max(num_anchors_per_level, default=0)))
     blocks = []
     for first in range(0, num_gts, chunk):
@@ -83,7 +85,8 @@ def _nearest_by_location(gt_centers, anchor_centers, num_anchors_per_level, topk
     the first ``min(topk, A_l)`` kept. Anchors of one location tie in distance and are
     consecutive, so this is the (squared distance, anchor index) order exactly."""
     location_counts = [count // group for count in num_anchors_per_level]
-    locations = nearest_anchors(gt_centers, anchor_centers[::group], location_counts, math.ceil(topk / group), max_elements)
+    location_centers = memo(anchor_centers, ("locations", group), lambda: anchor_centers[::group].clone())
+    locations = nearest_anchors(gt_centers, location_centers, location_counts, math.ceil(topk / group), max_elements)
     offsets = torch.arange(group, device=anchor_centers.device)
     parts, location_start, first = [], 0, 0
     for count, location_count in zip(num_anchors_per_level, location_counts):
@@ -159,11 +162,8 @@ def _nearest_on_grids(gt_centers, anchor_centers, levels, k):
     side = 2 * radius + 1
     batch, num_gts = gt_centers.shape[:2]
     num_levels, num_rows = len(levels), batch * num_gts
-    xs = _pad_stack([grid[0] for _, _, _, grid in levels])  # (L', W_max), +inf padded
-    ys = _pad_stack([grid[1] for _, _, _, grid in levels])  # (L', H_max)
-    width = torch.tensor([grid[0].shape[0] for _, _, _, grid in levels], device=device)[:, None]  # (L', 1)
-    height = torch.tensor([grid[1].shape[0] for _, _, _, grid in levels], device=device)[:, None]
-    start = torch.tensor([level[0] for level in levels], device=device)[:, None, None]  # (L', 1, 1)
+    key = ("grid pack", tuple((first, count, k) for first, count, k, _ in levels))
+    xs, ys, width, height, start = memo(anchor_centers, key, lambda: _grid_pack(levels, device))
     centers = gt_centers.reshape(num_rows, 2)
     gx = centers[:, 0].expand(num_levels, num_rows).contiguous()  # (L', N)
     gy = centers[:, 1].expand(num_levels, num_rows).contiguous()
@@ -201,6 +201,17 @@ def _nearest_on_grids(gt_centers, anchor_centers, levels, k):
         level_tied, rows_tied = tied.nonzero(as_tuple=True)
         index[level_tied, rows_tied] = _order_by_distance_then_index(centers[rows_tied], anchor_centers, index[level_tied, rows_tied])
     return index.view(num_levels, batch, num_gts, k)
+
+
+def _grid_pack(levels, device):
+    """The grids of L' levels side by side: xs (L', W_max) and ys (L', H_max), +inf padded;
+    width, height (L', 1) and the levels' first anchor index start (L', 1, 1)."""
+    xs = _pad_stack([grid[0] for _, _, _, grid in levels])
+    ys = _pad_stack([grid[1] for _, _, _, grid in levels])
+    width = torch.tensor([grid[0].shape[0] for _, _, _, grid in levels], device=device)[:, None]
+    height = torch.tensor([grid[1].shape[0] for _, _, _, grid in levels], device=device)[:, None]
+    start = torch.tensor([level[0] for level in levels], device=device)[:, None, None]
+    return xs, ys, width, height, start
 
 
 def _pad_stack(vectors):

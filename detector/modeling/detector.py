@@ -90,6 +90,10 @@ class Priors:
         return decode_ltrb_unchecked(self.points, box_regression[..., :4], self.strides)
 
 
+#: How many (image size, feature sizes, device, dtype) keys ``Detector.priors`` keeps.
+PRIORS_CACHE_SIZE = 16
+
+
 class Detector(nn.Module):
     """Dense detector of a ``Config`` (anchor-based or anchor-free head)."""
 
@@ -113,6 +117,7 @@ class Detector(nn.Module):
             )
         self.objective = DetectionObjective(config.assign, config.loss, head.quality, diagnostics=config.diagnostics,
                                             head_type=head.type, reg_max=head.reg_max)
+        self._priors_cache = {}  # see ``priors``
 
     def forward(self, images):
         """images (B, 3, H, W), H and W multiples of the largest stride -> ``HeadOutputs``."""
@@ -124,8 +129,19 @@ class Detector(nn.Module):
         ``feature_sizes`` (from ``HeadOutputs``) are checked against ``image_size`` by the
         generators, so a batch whose size is not a multiple of the largest stride fails
         loudly instead of pairing predictions with the wrong anchors.
+
+        The priors of the last ``PRIORS_CACHE_SIZE`` (size, device, dtype) keys are kept, so
+        that every step of a run hands the assigners the same tensors and what they derive
+        from them is computed once (``detector/assign/memo.py``); nothing writes to them.
         """
-        return build_priors(self.config, image_size, feature_sizes, device=device, dtype=dtype)
+        key = (tuple(image_size), None if feature_sizes is None else tuple(map(tuple, feature_sizes)),
+               torch.device(device) if device is not None else None, dtype)
+        cache = self._priors_cache
+        if key not in cache:
+            if len(cache) >= PRIORS_CACHE_SIZE:
+                cache.pop(next(iter(cache)))
+            cache[key] = build_priors(self.config, image_size, feature_sizes, device=device, dtype=dtype)
+        return cache[key]
 
     def losses(self, outputs, targets, image_size, *, iteration=0, max_iterations=1, all_reduce_mean=None):
         """The training objective of a batch (specs/model.md §4): ``DetectionObjective``
