@@ -1,13 +1,27 @@
-"""Speed table: NumPy reference vs torch CPU (vs torch CUDA when present), same run.
+"""Speed table: the torch assigners and loss step against their baselines, in one run.
 
-COCO-like scenes: an 800 x 1333 input, strides 8..128 (22,300 anchors or points),
-G GTs per image drawn with a COCO-like size mix, predicted boxes decoded (once, outside the
-timed calls, as a training step does) from deltas with small noise.
-Each cell is the median wall time of ``--repeats`` runs after one warm-up; batched torch
-rows are divided by B to give a per-image time. Ratios compare cells of this one run.
+Assigners (and the loss step) on COCO-like scenes: an 800 x 1333 input, strides 8..128
+(22,300 anchors or points), G GTs per image drawn with a COCO-like size mix, predicted
+boxes decoded (once, outside the timed calls, as a training step does) from deltas with
+small noise. Each cell is the median wall time of ``--repeats`` runs after one warm-up;
+batched torch rows are divided by B to give a per-image time. Baselines of each row, timed
+per image in the same run:
 
-    python scripts/benchmark.py                  # the full table (several minutes on 2 cores)
+- ``reference``: the project's NumPy reference (written to be read, not to be fast);
+- ``NumPy loop``: a plain NumPy loop over GTs (``scripts/numpy_loops.py``), the fair
+  "no framework" yardstick of the per-call cost;
+- ``torchvision``: torchvision's own ``FCOS.compute_loss`` matching on the same points
+  (its head's loss is replaced by a function returning the matches, so only the matching
+  is timed): the peer row of the anchor-free rules;
+- the loss step forward + backward is compared with the floor of reading its inputs once
+  (``logits.sum()`` over the (B, A, K) classification logits).
+
+``--steps`` times whole training steps instead: this project's R-50 detectors against
+torchvision's ``FCOS`` on the same ResNet-50-FPN (``step_benchmark``).
+
+    python scripts/benchmark.py                  # the full table (many minutes on 2 cores)
     python scripts/benchmark.py --quick          # G = 5 and 20, batch 1: a smoke run
+    python scripts/benchmark.py --steps          # training steps vs torchvision FCOS
     python scripts/benchmark.py --markdown out.md
 
 The machine is printed with the table; compare numbers only within one table.
@@ -43,6 +57,9 @@ from reference.assign import tal as r_tal  # noqa: E402
 from detector.assign import dsl as d_dsl  # noqa: E402
 from detector.assign import simota as d_simota  # noqa: E402
 from detector.assign import tal as d_tal  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy_loops  # noqa: E402
 
 IMAGE_SIZE = (800, 1333)
 NUM_CLASSES = 80
@@ -124,6 +141,40 @@ def torch_calls(s, device, dtype=torch.float32):
     }
 
 
+def loop_calls(s):
+    """The plain NumPy loops over GTs (``scripts/numpy_loops.py``) on image 0."""
+    a, ac, p, pc = s["anchors"], s["anchor_counts"], s["points"], s["point_counts"]
+    gt, pred_boxes = s["gts"][0], s["pred_boxes"][0]
+    return {
+        "max_iou": lambda: numpy_loops.max_iou_loop(a, gt),
+        "atss": lambda: numpy_loops.atss_loop(a, ac, gt),
+        "dynamic_atss": lambda: numpy_loops.atss_loop(a, ac, gt, pred_boxes),
+        "pseudo_iou": lambda: numpy_loops.fcos_loop(p, pc, gt, pseudo_iou_threshold=0.4),
+        "fcos": lambda: numpy_loops.fcos_loop(p, pc, gt),
+    }
+
+
+def torchvision_fcos_matching(s, device="cpu"):
+    """torchvision's ``FCOS.compute_loss`` matching of image 0 on our points (each given to
+    it as a stride-sized box centred on the point, as its anchor generator makes them),
+    with the head's loss replaced by a function returning the matches: only torchvision's
+    own matching code runs."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.fcos import FCOS
+
+    backbone = torch.nn.Conv2d(3, 32, 1)  # never run: FCOS needs a backbone to build its (unused) head
+    backbone.out_channels = 32
+    sizes = tuple((stride,) for stride in r_anchors.DEFAULT_STRIDES)
+    model = FCOS(backbone, NUM_CLASSES, anchor_generator=AnchorGenerator(sizes, ((1.0,),) * len(sizes)))
+    model.head.compute_loss = lambda targets, head_outputs, anchors, matched_idxs: matched_idxs
+    stride = np.repeat(r_anchors.DEFAULT_STRIDES, s["point_counts"])[:, None]
+    boxes = np.concatenate([s["points"] - stride / 2, s["points"] + stride / 2], axis=1)
+    anchors = [torch.as_tensor(boxes, dtype=torch.float32, device=device)]
+    targets = [{"boxes": torch.as_tensor(s["gts"][0], dtype=torch.float32, device=device)}]
+    counts = list(s["point_counts"])
+    return lambda: model.compute_loss(targets, {}, anchors, counts)
+
+
 def loss_step_calls(s, device, dtype=torch.float32):
     """The loss step (QFL + GIoU + IoU branch, K = 80) after an ATSS assignment: reference
     for image 0, torch batched. Inputs are drawn once; only the loss computation is timed."""
@@ -144,29 +195,45 @@ def loss_step_calls(s, device, dtype=torch.float32):
     valid = torch.ones(gts.shape[:2], dtype=torch.bool, device=device)
     reference = lambda: r_losses.detection_losses(logits[0], pred_boxes[0], quality[0], centers, matched[0], gts[0], labels[0], **options)  # noqa: E731
     fast = lambda: d_loss_step.detection_losses_batched(*batched[:6], batched[6], valid, **options)  # noqa: E731
-    return reference, fast
+    trainable = [x.clone().requires_grad_(True) for x in batched[:3]]
+
+    def train():
+        """Forward and backward of the loss step w.r.t. the logits, boxes and quality logits."""
+        with torch.enable_grad():
+            for x in trainable:
+                x.grad = None
+            terms = d_loss_step.detection_losses_batched(*trainable, *batched[3:6], batched[6], valid, **options)
+            sum(terms.values()).backward()
+
+    floor = lambda: batched[0].sum()  # noqa: E731  reading the (B, A, K) logits once
+    return reference, fast, train, floor
 
 
 def run(args):
+    """Rows ``(step, G, B, device, torch s/image, {baseline: s/image})``."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
-    sizes = (5, 20) if args.quick else (5, 20, 100, 500)
-    batches = (1,) if args.quick else (1, 16)
+    sizes = (5, 20) if args.quick else (1, 5, 20, 100, 1000)
     rows = []
     for num_gts in sizes:
         s1 = scene(num_gts, 1)
-        reference_times = {name: timed(call, args.repeats_reference) for name, call in reference_calls(s1).items()}
+        baselines = {name: {"reference": timed(call, args.repeats_reference)} for name, call in reference_calls(s1).items()}
+        for name, call in loop_calls(s1).items():
+            baselines[name]["NumPy loop"] = timed(call, args.repeats_reference)
+        for name in ("fcos", "pseudo_iou"):
+            baselines[name]["torchvision"] = timed(torchvision_fcos_matching(s1), args.repeats_reference)
+        batches = (1,) if args.quick or num_gts > 100 else (1, 16)
         for batch in batches:
             s = s1 if batch == 1 else scene(num_gts, batch)
             for device in devices:
                 sync = torch.cuda.synchronize if device == "cuda" else None
                 for name, call in torch_calls(s, device).items():
-                    seconds = timed(call, args.repeats, sync) / batch
-                    rows.append((name, num_gts, batch, device, seconds, reference_times[name]))
-                reference_loss, fast_loss = loss_step_calls(s, device)
-                if batch == 1 and device == "cpu":
-                    reference_times["loss step"] = timed(reference_loss, args.repeats_reference)
-                seconds = timed(fast_loss, args.repeats, sync) / batch
-                rows.append(("loss step", num_gts, batch, device, seconds, reference_times["loss step"]))
+                    rows.append((name, num_gts, batch, device, timed(call, args.repeats, sync) / batch, baselines[name]))
+                reference_loss, fast_loss, train_loss, floor = loss_step_calls(s, device)
+                if "loss step" not in baselines:
+                    baselines["loss step"] = {"reference": timed(reference_loss, args.repeats_reference)}
+                rows.append(("loss step", num_gts, batch, device, timed(fast_loss, args.repeats, sync) / batch, baselines["loss step"]))
+                floor_time = {"read floor": timed(floor, args.repeats, sync) / batch}
+                rows.append(("loss step fwd+bwd", num_gts, batch, device, timed(train_loss, args.repeats, sync) / batch, floor_time))
     return rows
 
 
@@ -178,15 +245,21 @@ def machine():
     return text
 
 
+BASELINES = ("reference", "NumPy loop", "torchvision", "read floor")
+
+
 def table(rows):
+    """Markdown: each baseline's ms/image and its time divided by the torch time (> 1: torch is faster)."""
     lines = [
-        "| step | G | B | device | torch ms/image | reference ms/image | speed-up |",
-        "|---|---:|---:|---|---:|---:|---:|",
+        "| step | G | B | device | torch ms/image | " + " | ".join(f"{b} ms/image | vs {b}" for b in BASELINES) + " |",
+        "|---|---:|---:|---|---:|" + "---:|---:|" * len(BASELINES),
     ]
-    for name, num_gts, batch, device, seconds, reference in rows:
-        lines.append(
-            f"| {name} | {num_gts} | {batch} | {device} | {seconds * 1e3:.2f} | {reference * 1e3:.1f} | {reference / seconds:.1f}x |"
-        )
+    for name, num_gts, batch, device, seconds, baselines in rows:
+        cells = []
+        for baseline in BASELINES:
+            value = baselines.get(baseline)
+            cells += ["", ""] if value is None else [f"{value * 1e3:.2f}", f"{value / seconds:.2f}x"]
+        lines.append(f"| {name} | {num_gts} | {batch} | {device} | {seconds * 1e3:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -198,10 +271,20 @@ def main(argv=None):
     parser.add_argument("--no-cuda", action="store_true")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    parser.add_argument("--steps", action="store_true", help="time whole training steps instead (step_benchmark.py)")
+    parser.add_argument("--step-repeats", type=int, default=10, help="timed steps per detector with --steps")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.steps:
+        import step_benchmark
+
+        text = f"Machine: {machine()}\n\n" + step_benchmark.report(args.step_repeats)
+        print(text)
+        if args.markdown:
+            args.markdown.write_text(text + "\n")
+        return
+    torch.set_grad_enabled(False)
     text = f"Machine: {machine()}\nScene: {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, strides 8..128, 22,300 anchors/points\n\n" + table(run(args))
     print(text)
     if args.markdown:
