@@ -7,6 +7,10 @@ same order as the single-image twins. The sums are added over the images, so
 ``losses.reduce_loss_sums`` normalises the batch as a whole (specs/losses.md §6); they
 equal the sums of the per-image reference (parity tests).
 
+The classification sums from logits (focal, QFL, VFL) are
+``fused_losses.classification_loss_sum`` of the positives' classes and target values
+(specs/losses.md §7.1): the dense (B, A, K) class target is never built there.
+
 The GFL / GFLV2 heads have their own step, :func:`gfl_loss_sums_batched` then
 :func:`reduce_gfl_loss_sums` (specs/model.md §3.1): QFL on the class score (GFLV2: on the
 joint probability), GIoU and DFL over the positives weighted by their detached predicted
@@ -18,14 +22,11 @@ checks.
 import torch
 import torch.nn.functional as F
 
-from detector.batched_targets import (
-    box_targets_batched,
-    centerness_targets_batched,
-    class_targets_batched,
-    iou_targets_batched,
-)
+from detector import batched_targets as BT
+from detector.batched_targets import box_targets_batched, centerness_targets_batched, iou_targets_batched
 from detector.coders import encode_deltas
-from detector.conventions import DELTA_STDS
+from detector.conventions import DELTA_STDS, IGNORE
+from detector.fused_losses import classification_loss_sum
 from detector.gfl import DFL_LOSS_WEIGHT, REG_MAX, distance_targets, distribution_focal_loss, weighted_dfl
 from detector.losses import (
     BOX_LOSS_WEIGHT,
@@ -38,14 +39,11 @@ from detector.losses import (
     l1_loss,
     _weighted_mean_of_sums,
     quality_focal_loss_prob_unchecked,
-    quality_focal_loss_unchecked,
     reduce_loss_sums,
-    sigmoid_focal_loss_unchecked,
     smooth_l1_loss,
     soft_target_scores,
-    varifocal_loss_unchecked,
 )
-from detector.validation import as_boxes, as_finite, as_values, check_choice
+from detector.validation import as_boxes, as_finite, as_values, check_choice, check_num_classes
 from detector.vfnet import INIT_BOX_LOSS_WEIGHT, REFINE_BOX_LOSS_WEIGHT, vfnet_iou_targets_batched
 
 
@@ -78,11 +76,25 @@ def loss_targets_batched(
         quality_targets: (B, A); the centerness or IoU target, or ones.
         positive: (B, A) bool, on the device of ``pred_boxes``.
     """
+    labels, values, label_weights, box_t, quality_t, positive = _loss_targets_sparse(
+        pred_boxes, centers, matched_gt, gt_boxes, gt_labels, gt_valid, num_classes, cls_loss, quality, dtype,
+        soft_targets,
+    )
+    return _dense_class_targets(labels, values, num_classes), label_weights, box_t, quality_t, positive
+
+
+def _loss_targets_sparse(
+    pred_boxes, centers, matched_gt, gt_boxes, gt_labels, gt_valid, num_classes, cls_loss, quality, dtype,
+    soft_targets=None,
+):
+    """:func:`loss_targets_batched` with the class targets as rows: ``(labels, values,
+    label_weights, box_targets, quality_targets, positive)``, ``labels`` / ``values`` (B, A)
+    as :func:`_class_target_rows`."""
     check_choice(cls_loss, CLS_LOSSES, "cls_loss")
     check_choice(quality, QUALITY_BRANCHES, "quality")
     ious = iou_targets_batched(pred_boxes, matched_gt, gt_boxes, gt_valid)
     scores = None if cls_loss == "focal" else ious if soft_targets is None else soft_target_scores(soft_targets, matched_gt)
-    cls_t, label_weights = class_targets_batched(matched_gt, gt_labels, num_classes, scores, gt_valid, dtype=dtype)
+    labels, values, label_weights = _class_target_rows(matched_gt, gt_labels, num_classes, scores, gt_valid, dtype)
     box_t = box_targets_batched(matched_gt, gt_boxes, gt_valid)
     positive = torch.as_tensor(matched_gt, device=pred_boxes.device) >= 0
     if quality == "centerness":
@@ -91,7 +103,7 @@ def loss_targets_batched(
         quality_t = ious
     else:
         quality_t = torch.ones(positive.shape, dtype=dtype, device=positive.device)
-    return cls_t, label_weights, box_t, quality_t, positive
+    return labels, values, label_weights, box_t, quality_t, positive
 
 
 def loss_sums_batched(
@@ -160,23 +172,18 @@ def loss_sums_batched(
         anchors = as_boxes(anchors, "anchors")
         _check_shape(anchors, (num_anchors, 4), "anchors")
 
-    # 1. targets (constants)
-    cls_t, label_weights, box_t, quality_t, positive = loss_targets_batched(
+    # 1. targets (constants); the class targets as (class, value) rows
+    labels, values, label_weights, box_t, quality_t, positive = _loss_targets_sparse(
         pred_boxes, centers, matched_gt, gt_boxes, gt_labels, gt_valid, num_classes, cls_loss, quality, cls_logits.dtype,
         soft_targets,
     )
+    index = torch.nonzero(positive.reshape(-1)).flatten()
 
-    # 2. classification: every anchor and class, IGNORE rows weighted 0 (inputs checked above)
-    if cls_loss == "focal":
-        cls_elem = sigmoid_focal_loss_unchecked(cls_logits, cls_t)
-    elif cls_loss == "qfl":
-        cls_elem = quality_focal_loss_unchecked(cls_logits, cls_t)
-    else:
-        cls_elem = varifocal_loss_unchecked(cls_logits, cls_t)
-    cls_sum = (label_weights[..., None] * cls_elem).sum()
+    # 2. classification: every anchor and class, IGNORE rows weighted 0 (inputs checked above),
+    # fused: the dense one-hot / soft target is never built (specs/losses.md §7.1)
+    cls_sum = _fused_classification_sum(cls_logits, label_weights, labels, values, index, cls_loss)
 
     # 3. box regression: positives, weighted by the quality target
-    index = torch.nonzero(positive.reshape(-1)).flatten()
     pos_pred = pred_boxes.reshape(-1, 4).index_select(0, index)
     pos_target = box_t.reshape(-1, 4).index_select(0, index).to(pred_boxes.dtype)
     if box_loss == "giou":
@@ -247,8 +254,9 @@ def gfl_loss_sums_batched(
     1. targets as :func:`loss_targets_batched` with "qfl" and no quality branch: the class
        target is one-hot x the IoU of the detached decoded prediction with its GT (or
        ``soft_targets``), the box target the GT;
-    2. classification: the score ``p`` is ``sigmoid(cls_logits)`` (GFL: QFL from the logits)
-       or the joint ``sigmoid(cls_logits) * dgqp_quality`` (GFLV2: QFL of the probability,
+    2. classification: the score ``p`` is ``sigmoid(cls_logits)`` (GFL: QFL from the logits,
+       fused as ``fused_losses.classification_loss_sum``) or the joint
+       ``sigmoid(cls_logits) * dgqp_quality`` (GFLV2: QFL of the probability,
        ``losses.quality_focal_loss_prob``), summed over anchors and classes with IGNORE
        rows weighted 0;
     3. each positive's weight ``w = max_k p[a, k]``, detached (mmdet ``weight_targets``);
@@ -289,24 +297,26 @@ def gfl_loss_sums_batched(
         dgqp_quality = as_values(dgqp_quality, "dgqp_quality", ndim=2)
         _check_shape(dgqp_quality, (batch, num_anchors), "dgqp_quality")
 
-    # 1. targets (constants)
-    cls_t, label_weights, box_t, _, positive = loss_targets_batched(
+    # 1. targets (constants); the class targets as (class, value) rows
+    labels, values, label_weights, box_t, _, positive = _loss_targets_sparse(
         pred_boxes, points, matched_gt, gt_boxes, gt_labels, gt_valid, num_classes, "qfl", "none", cls_logits.dtype,
         soft_targets,
     )
+    index = torch.nonzero(positive.reshape(-1)).flatten()
 
-    # 2. classification on the class score (GFL) or the joint probability (GFLV2)
+    # 2. classification on the class score (GFL: fused QFL of the logits, specs/losses.md
+    # §7.1) or the joint probability (GFLV2: QFL of the probability, dense)
     if dgqp_quality is None:
-        scores = torch.sigmoid(cls_logits)
-        cls_elem = quality_focal_loss_unchecked(cls_logits, cls_t)
+        cls_sum = _fused_classification_sum(cls_logits, label_weights, labels, values, index, "qfl")
+        pos_scores = torch.sigmoid(cls_logits.detach().reshape(-1, num_classes).index_select(0, index))
     else:
         scores = torch.sigmoid(cls_logits) * dgqp_quality[..., None]
-        cls_elem = quality_focal_loss_prob_unchecked(scores, cls_t)
-    cls_sum = (label_weights[..., None] * cls_elem).sum()
+        cls_t = _dense_class_targets(labels, values, num_classes)
+        cls_sum = (label_weights[..., None] * quality_focal_loss_prob_unchecked(scores, cls_t)).sum()
+        pos_scores = scores.detach().reshape(-1, num_classes).index_select(0, index)
 
     # 3. positives: weights, box loss, DFL
-    index = torch.nonzero(positive.reshape(-1)).flatten()
-    weights = scores.detach().reshape(-1, num_classes).index_select(0, index).max(dim=1).values
+    weights = pos_scores.max(dim=1).values
     pos_pred = pred_boxes.reshape(-1, 4).index_select(0, index)
     pos_target = box_t.reshape(-1, 4).index_select(0, index).to(pred_boxes.dtype)
     box_elem = giou_loss(pos_pred, pos_target) if box_loss == "giou" else iou_loss(pos_pred, pos_target)
@@ -372,7 +382,7 @@ def vfnet_loss_sums_batched(
        refined box loss; the same IoU of the detached initial boxes weights the initial box
        loss (mmdet ``VFNetHead.loss_by_feat``: ``bbox_weights_ini``, ``bbox_weights_rf``);
     2. classification: VFL (alpha 0.75, gamma 2, IoU-weighted positives) of every location
-       and class, IGNORE rows weighted 0;
+       and class, IGNORE rows weighted 0 (``fused_losses.classification_loss_sum``);
     3. box losses of the positives: GIoU (or IoU) of the initial and of the refined boxes
        against their GTs.
 
@@ -402,16 +412,16 @@ def vfnet_loss_sums_batched(
     # 1. targets (constants)
     refined_ious = vfnet_iou_targets_batched(refined_boxes, matched_gt, gt_boxes, gt_valid)
     init_ious = vfnet_iou_targets_batched(init_boxes, matched_gt, gt_boxes, gt_valid)
-    cls_t, label_weights = class_targets_batched(matched_gt, gt_labels, num_classes, refined_ious, gt_valid,
-                                                 dtype=cls_logits.dtype)
+    labels, values, label_weights = _class_target_rows(matched_gt, gt_labels, num_classes, refined_ious, gt_valid,
+                                                       cls_logits.dtype)
     box_t = box_targets_batched(matched_gt, gt_boxes, gt_valid)
     positive = torch.as_tensor(matched_gt, device=cls_logits.device) >= 0
+    index = torch.nonzero(positive.reshape(-1)).flatten()
 
-    # 2. classification
-    cls_sum = (label_weights[..., None] * varifocal_loss_unchecked(cls_logits, cls_t)).sum()
+    # 2. classification (fused VFL, specs/losses.md §7.1)
+    cls_sum = _fused_classification_sum(cls_logits, label_weights, labels, values, index, "vfl")
 
     # 3. box losses of the positives, weighted by their IoU targets
-    index = torch.nonzero(positive.reshape(-1)).flatten()
     pos_target = box_t.reshape(-1, 4).index_select(0, index).to(refined_boxes.dtype)
     sums = {"num_pos": positive.sum(), "cls": cls_sum}
     for key, boxes, ious in (("box", init_boxes, init_ious), ("refine", refined_boxes, refined_ious)):
@@ -448,6 +458,45 @@ def reduce_vfnet_loss_sums(sums, box_loss_weight=INIT_BOX_LOSS_WEIGHT, refine_lo
 
 # ---------------------------------------------------------------------------------------
 # helpers
+
+
+def _class_target_rows(matched_gt, gt_labels, num_classes, scores, gt_valid, dtype):
+    """``batched_targets.class_targets_batched`` without its dense (B, A, K) tensor, with the
+    same checks: ``labels`` (B, A) int64 (a positive's class, 0 elsewhere), ``values``
+    (B, A) in ``dtype`` (its target at that class: 1, or ``scores``; 0 elsewhere), and
+    ``label_weights`` (B, A) (0 at IGNORE anchors). Row ``(b, a)`` of the dense target is
+    zero except ``values[b, a]`` at class ``labels[b, a]`` (:func:`_dense_class_targets`)."""
+    num_classes = check_num_classes(num_classes)
+    gt_labels = BT._as_index_tensor(gt_labels, "gt_labels", 2)
+    gt_valid = BT._check_gt_valid(gt_valid, gt_labels.shape, device=gt_labels.device)
+    bad = gt_valid & ((gt_labels < 0) | (gt_labels >= num_classes))
+    if bool(bad.any()):
+        row = BT._first(bad)
+        raise ValueError(f"gt_labels: row {row} is {int(gt_labels[row])}, expected a class in 0..{num_classes - 1}")
+    matched_gt = BT._check_matched_gt_batched(matched_gt, gt_valid)
+    positive = matched_gt >= 0
+    labels = torch.where(positive, BT._gather(gt_labels.to(matched_gt.device), matched_gt), 0)
+    if scores is None:
+        values = positive.to(dtype)
+    else:
+        values = torch.where(positive, BT._check_scores(scores, matched_gt.shape[-1]).to(dtype), 0.0)
+    return labels, values.detach(), (matched_gt != IGNORE).to(dtype)
+
+
+def _dense_class_targets(labels, values, num_classes):
+    """(B, A, K) class targets of :func:`_class_target_rows` (``class_targets_batched``'s tensor)."""
+    targets = torch.zeros(*labels.shape, num_classes, dtype=values.dtype, device=labels.device)
+    return targets.scatter_(-1, labels[..., None], values[..., None])
+
+
+def _fused_classification_sum(cls_logits, label_weights, labels, values, index, cls_loss):
+    """Step 2 from logits: ``fused_losses.classification_loss_sum`` of the positives ``index``
+    (flat anchor indices) with their classes and target values (specs/losses.md §7.1)."""
+    device = cls_logits.device
+    index = index.to(device)
+    pos_class = labels.reshape(-1).to(device).index_select(0, index)
+    pos_target = values.reshape(-1).to(device).index_select(0, index)
+    return classification_loss_sum(cls_logits, label_weights.to(device), index, pos_class, pos_target, cls_loss)
 
 
 def _check_shape(tensor, shape, name):
