@@ -9,21 +9,36 @@ Twin of ``reference/assign/max_iou.py``; ``assign_max_iou_batched`` holds the al
 and ``assign_max_iou`` runs it on one image, as in ``assign/atss.py``. The (B, G, A) IoUs
 exist one chunk of GTs at a time when B * G * A exceeds ``max_elements``
 (``_best_in_chunks``: the per-anchor maxima are merged with a strict ``>``, so the lower GT
-index still wins ties).
+index still wins ties). On anchors that form row-major grids of boxes (generated anchors,
+1 or 9 per location) only the (GT, anchor) pairs that can change the result are evaluated,
+those whose boxes overlap enough (``detector/assign/max_iou_windows.py``; specs/max_iou.md
+§7): the same assignment, exactly.
 """
 import math
 
 import torch
 
 from detector.assign.batching import DEFAULT_MAX_ELEMENTS, as_padded_batch, finish_batch, one_image
+from detector.assign.memo import shared_boxes
+from detector.assign.max_iou_windows import best_on_windows, cached_anchor_box_grids
 from detector.boxes import aligned_box_iou_unchecked
 from detector.conventions import BACKGROUND, IGNORE
-from detector.validation import as_boxes, check_bool, check_max_elements, check_number
+from detector.validation import check_bool, check_choice, check_max_elements, check_number
 
 #: GTs are processed in chunks of at most this many (GT, anchor) values even under a larger
 #: ``max_elements``: chunks that fit in the CPU cache made the dense IoU passes 2-4x faster
 #: on an 800x1333 scene (docs/benchmarks.md). The result does not depend on the chunking.
 CACHE_FRIENDLY_ELEMENTS = 2**18
+
+#: How ``assign_max_iou_batched`` finds the IoUs (specs/max_iou.md §7): "dense" computes
+#: every (GT, anchor) IoU; "windows" only those of the pairs that can matter, when the
+#: anchors form row-major grids of boxes (dense otherwise); "auto" is "windows" from
+#: ``WINDOWS_MIN_ELEMENTS`` dense IoUs (B * G_max * A) on, "dense" below.
+SEARCHES = ("auto", "windows", "dense")
+
+#: Below this many dense IoUs the dense path is faster than the windows' fixed cost
+#: (about 1 ms on one CPU thread; the measured crossover lies between 2^16 and 2^17).
+WINDOWS_MIN_ELEMENTS = 2**16
 
 
 def assign_max_iou(
@@ -83,6 +98,7 @@ def assign_max_iou_batched(
     min_pos_iou=0.0,
     match_low_quality=False,
     max_elements=DEFAULT_MAX_ELEMENTS,
+    search="auto",
 ):
     """``assign_max_iou`` for a batch of images sharing one set of anchors (specs/max_iou.md
     §2; specs/conventions.md §4).
@@ -93,12 +109,14 @@ def assign_max_iou_batched(
         gt_valid: (B, G_max) bool, which slots are real GTs.
         pos_iou_thr, neg_iou_thr, min_pos_iou, match_low_quality, max_elements: as
             ``assign_max_iou``.
+        search: "auto", "windows" or "dense", how the IoUs are found (``SEARCHES``;
+            specs/max_iou.md §7); the result does not depend on it.
 
     Returns:
         Assignment with matched_gt (B, A), matched_metric (B, A), gt_threshold (B, G_max)
         (``pos_iou_thr``; NaN for padded slots), candidate_index (B, G_max, 0).
     """
-    anchors = as_boxes(anchors, "anchors")
+    anchors = shared_boxes(anchors, "anchors")
     anchors, gt_boxes, gt_valid = as_padded_batch(anchors, gt_boxes, gt_valid)
     pos_iou_thr = check_number(pos_iou_thr, "pos_iou_thr")
     neg_iou_thr = check_number(neg_iou_thr, "neg_iou_thr")
@@ -107,9 +125,10 @@ def assign_max_iou_batched(
         raise ValueError(f"neg_iou_thr: expected <= pos_iou_thr = {pos_iou_thr}, got {neg_iou_thr}")
     match_low_quality = check_bool(match_low_quality, "match_low_quality")
     max_elements = check_max_elements(max_elements)
+    check_choice(search, SEARCHES, "search")
 
     claim_min_iou = min_pos_iou if match_low_quality else None  # None: no low-quality claims
-    best_iou, best_gt, claim_iou, claim_gt = _best_in_chunks(gt_boxes, anchors, gt_valid, claim_min_iou, max_elements)
+    best_iou, best_gt, claim_iou, claim_gt = _best_ious(gt_boxes, anchors, gt_valid, neg_iou_thr, claim_min_iou, max_elements, search)
     matched_gt = apply_iou_thresholds(best_iou, best_gt, pos_iou_thr, neg_iou_thr)
     matched_metric = torch.where(matched_gt >= 0, best_iou, 0.0)
     if match_low_quality:
@@ -198,7 +217,18 @@ def apply_low_quality_matches(ious, claims, matched_gt, matched_metric):
 
 
 # ---------------------------------------------------------------------------------------
-# detector only: the IoUs in chunks of GTs
+# detector only: the IoUs in chunks of GTs, or on the pairs of windows only
+
+
+def _best_ious(gt_boxes, anchors, gt_valid, neg_iou_thr, min_pos_iou, max_elements, search):
+    """``_best_in_chunks``, or ``best_on_windows`` (the pairs that can matter only) when
+    ``search`` allows it and the anchors form grids of boxes (specs/max_iou.md §7)."""
+    elements = gt_valid.numel() * anchors.shape[0]
+    if search != "dense" and elements and (search == "windows" or elements >= WINDOWS_MIN_ELEMENTS):
+        grids = cached_anchor_box_grids(anchors)
+        if grids is not None:
+            return best_on_windows(grids, gt_boxes, anchors, gt_valid, neg_iou_thr, min_pos_iou, max_elements)
+    return _best_in_chunks(gt_boxes, anchors, gt_valid, min_pos_iou, max_elements)
 
 
 def _best_in_chunks(gt_boxes, anchors, gt_valid, min_pos_iou, max_elements):

@@ -110,12 +110,24 @@ def window_pairs(grids, boxes, valid, max_elements):
         windows = grid.windows(boxes, valid)
         total = int(windows["ends"][-1])
         for first in range(0, total, max_elements):
-            slot, point = _expand_windows(grid, windows, first, min(first + max_elements, total))
+            slot, point = expand_windows(grid, windows, first, min(first + max_elements, total))
             yield grid, slot, point
 
 
-def _expand_windows(grid, windows, first, last):
-    """Positions [first, last) of the concatenated windows -> (slot, point), (N,) int64 each."""
+def expand_windows(grid, windows, first, last):
+    """Positions [first, last) of the concatenated windows -> (window, point), (N,) int64 each.
+
+    Args:
+        grid: anything with ``point_index(row, col)`` mapping (N,) rows and columns to
+            (N,) point indices (a ``LevelGrid``; also used by ``max_iou_windows``).
+        windows: dict of (W,) int64 ``row0``, ``col0``, ``cols`` and ``ends`` (W + 1: the
+            cumulated window sizes after a leading 0), as ``LevelGrid.windows`` returns.
+        first, last: ``0 <= first < last <= ends[-1]``.
+
+    Returns:
+        the window of each position and its point, in window order, then row-major within
+        a window.
+    """
     ends = windows["ends"]
     device = ends.device
     # the window holding `first` and one past the window of `last - 1`, in one look-up
