@@ -367,7 +367,7 @@ def _check_inputs(points, num_points_per_level, gt_boxes, gt_valid, strides, reg
     Returns:
         points (A, 2), gt_boxes (B, G_max, 4) in one float dtype on the points' device
         (padded rows zeroed), gt_valid (B, G_max) bool, and a dict whose ``grids`` holds
-        one ``windows.LevelGrid`` per non-empty level, with the level's scalar ``lo``,
+        the levels prepared by ``windows.level_grids``, with each level's scalar ``lo``,
         ``hi`` and ``stride`` (the reference expands them to (A,) arrays instead).
     """
     points = shared_points(points, "points")
@@ -421,11 +421,11 @@ def _match_min_area(points, gt_boxes, gt_valid, level, center_radius, max_elemen
     slot_rank = rank.reshape(-1)
     slot_boxes = gt_boxes.reshape(-1, 4)
     best_rank = torch.full((num_images * num_points,), num_slots, dtype=torch.int64, device=points.device)
-    for grid, slot, point in window_pairs(level["grids"], slot_boxes, slot_valid, max_elements):  # (N,) each
+    for pair_level, slot, point in window_pairs(level["grids"], slot_boxes, slot_valid, max_elements):  # (N,) each
         p = points[point]  # (N, 2)
         box = slot_boxes[slot]  # (N, 4)
         ltrb = torch.stack([p[:, 0] - box[:, 0], p[:, 1] - box[:, 1], box[:, 2] - p[:, 0], box[:, 3] - p[:, 1]], dim=1)  # (N, 4)
-        candidate = _candidates(ltrb, grid.level, center_radius)
+        candidate = _candidates(ltrb, pair_level, center_radius)
         slot, point = slot[candidate], point[candidate]
         target = torch.div(slot, num_slots, rounding_mode="floor") * num_points + point  # image * A + point
         best_rank.scatter_reduce_(0, target, slot_rank[slot], reduce="amin")

@@ -6,6 +6,8 @@ of ATSS (``detector/assign/nearest.py``) and the GT windows of the anchor-free a
 level out row-major, ``y`` outer and ``x`` inner (specs/conventions.md §3); a level that
 passes this exact test can be searched by rows and columns instead of point by point.
 """
+import math
+
 import torch
 
 
@@ -35,3 +37,13 @@ def row_major_grid(centers):
     if not bool(torch.cat([xs[1:] > xs[:-1], ys[1:] > ys[:-1]]).all()):
         return None
     return xs, ys
+
+
+def pad_stack(vectors):
+    """1-D tensors -> (len(vectors), longest), padded with +inf (after every finite value):
+    the coordinates of several grids side by side, for batched ``searchsorted``."""
+    longest = max(vector.shape[0] for vector in vectors)
+    out = torch.full((len(vectors), longest), math.inf, dtype=vectors[0].dtype, device=vectors[0].device)
+    for row, vector in enumerate(vectors):
+        out[row, : vector.shape[0]] = vector
+    return out

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from detector.assign.grids import row_major_grid
+from detector.assign.grids import pad_stack, row_major_grid
 from detector.assign.memo import memo
 
 
@@ -206,21 +206,12 @@ def _nearest_on_grids(gt_centers, anchor_centers, levels, k):
 def _grid_pack(levels, device):
     """The grids of L' levels side by side: xs (L', W_max) and ys (L', H_max), +inf padded;
     width, height (L', 1) and the levels' first anchor index start (L', 1, 1)."""
-    xs = _pad_stack([grid[0] for _, _, _, grid in levels])
-    ys = _pad_stack([grid[1] for _, _, _, grid in levels])
+    xs = pad_stack([grid[0] for _, _, _, grid in levels])
+    ys = pad_stack([grid[1] for _, _, _, grid in levels])
     width = torch.tensor([grid[0].shape[0] for _, _, _, grid in levels], device=device)[:, None]
     height = torch.tensor([grid[1].shape[0] for _, _, _, grid in levels], device=device)[:, None]
     start = torch.tensor([level[0] for level in levels], device=device)[:, None, None]
     return xs, ys, width, height, start
-
-
-def _pad_stack(vectors):
-    """1-D tensors -> (len(vectors), longest), padded with +inf (after every finite value)."""
-    longest = max(vector.shape[0] for vector in vectors)
-    out = torch.full((len(vectors), longest), math.inf, dtype=vectors[0].dtype, device=vectors[0].device)
-    for row, vector in enumerate(vectors):
-        out[row, : vector.shape[0]] = vector
-    return out
 
 
 def _exact_topk(squared, k):

@@ -7,11 +7,12 @@ reference twin: the reference tests every point against every GT). It never buil
 row/column range of the level's grid, or a range of the level's points sorted by y when the
 points do not form a grid), and the window is conservative, so the exact tests of steps 2-3
 run on a subset that holds every candidate. The pairs are produced in chunks of at most
-``max_elements``.
+``max_elements``. When every level is a grid (the generated layout), the levels are searched
+side by side (``PackedGrids``): one pass for all levels instead of one per level.
 """
 import torch
 
-from detector.assign.grids import row_major_grid
+from detector.assign.grids import pad_stack, row_major_grid
 
 #: Default bound on the (GT, point) pairs evaluated at once by a batched anchor-free assigner.
 MAX_ELEMENTS = 1 << 22
@@ -49,23 +50,14 @@ class LevelGrid:
         distance exceeds hi after any rounding.
         """
         x1, y1, x2, y2 = boxes.unbind(dim=1)
-        row0, rows = self._range(self.ys, y1, y2)
+        row0, rows = _range(self.ys, y1, y2, self.level["hi"])
         if self.is_grid:
-            col0, cols = self._range(self.xs, x1, x2)
+            col0, cols = _range(self.xs, x1, x2, self.level["hi"])
         else:
             col0, cols = torch.zeros_like(row0), torch.ones_like(rows)
         count = rows * cols * valid
         ends = torch.cat([count.new_zeros(1), count.cumsum(0)])
         return {"row0": row0, "col0": col0, "cols": cols, "count": count, "ends": ends}
-
-    def _range(self, sorted_values, low, high):
-        hi = self.level["hi"]
-        slack = 1e-3 * (low.abs() + high.abs() + 1.0 + hi)  # inf when hi is inf
-        lower = torch.maximum(low, high - hi - slack)  # hi = inf: no restriction
-        upper = torch.minimum(high, low + hi + slack)
-        first = torch.searchsorted(sorted_values, lower, right=True)  # first value > lower
-        end = torch.searchsorted(sorted_values, upper, right=False)  # first value >= upper
-        return first, (end - first).clamp(min=0)
 
     def point_index(self, row, col):
         """Flat point index of (row, col) pairs of this level."""
@@ -75,7 +67,8 @@ class LevelGrid:
 
 
 def level_grids(points, num_points_per_level, levels):
-    """One ``LevelGrid`` per non-empty level.
+    """The levels prepared for window look-ups: a ``PackedGrids`` when there are several
+    non-empty levels and each is a row-major grid, else one ``LevelGrid`` per non-empty level.
 
     Args:
         points: (A, 2) (x, y), level-major.
@@ -83,35 +76,44 @@ def level_grids(points, num_points_per_level, levels):
         levels: L dicts of the level's scalar ``lo``, ``hi`` and ``stride``.
 
     Returns:
-        list of ``LevelGrid``, in level order.
+        ``PackedGrids``, or a list of ``LevelGrid`` in level order.
     """
     grids, offset = [], 0
     for count, level in zip(num_points_per_level, levels):
         if count:
             grids.append(LevelGrid(points, offset, count, level))
         offset += count
+    if len(grids) > 1 and all(grid.is_grid for grid in grids):
+        return PackedGrids(grids)
     return grids
 
 
 def window_pairs(grids, boxes, valid, max_elements):
-    """The (GT, point) pairs of every window, level by level, in chunks.
+    """The (GT, point) pairs of every window, in chunks.
 
     Args:
-        grids: ``LevelGrid`` list from ``level_grids``.
+        grids: from ``level_grids``: a ``PackedGrids`` (all levels at once) or a list of
+            ``LevelGrid`` (level by level).
         boxes: (B * G_max, 4) xyxy GT boxes, a batch's slots flattened (slot = b * G_max + g).
         valid: (B * G_max,) bool, which slots are real GTs.
         max_elements: int >= 1, the most pairs per chunk (any value gives the same pairs).
 
     Yields:
-        ``(grid, slot, point)``: the level's ``LevelGrid`` and two (N,) int64 tensors with
-        N <= max_elements, the slot and the point of each pair; every pair of a window once.
+        ``(level, slot, point)``: the scalars ``lo``, ``hi`` and ``stride`` of the pairs'
+        level (floats, or (N,) tensors of each pair's level from a ``PackedGrids``) and two
+        (N,) int64 tensors with N <= max_elements, the slot and the point of each pair;
+        every pair of a window once.
     """
-    for grid in grids:  # at most L levels
+    for grid in [grids] if isinstance(grids, PackedGrids) else grids:  # at most L levels
         windows = grid.windows(boxes, valid)
         total = int(windows["ends"][-1])
         for first in range(0, total, max_elements):
-            slot, point = expand_windows(grid, windows, first, min(first + max_elements, total))
-            yield grid, slot, point
+            window, point = expand_windows(grid, windows, first, min(first + max_elements, total))
+            if isinstance(grid, PackedGrids):
+                level = torch.div(window, len(boxes), rounding_mode="floor")
+                yield grid.pair_levels(level), window - level * len(boxes), point
+            else:
+                yield grid.level, window, point
 
 
 def expand_windows(grid, windows, first, last):
@@ -141,3 +143,64 @@ def expand_windows(grid, windows, first, last):
     row = windows["row0"][window] + torch.div(within, cols, rounding_mode="floor")
     col = windows["col0"][window] + within % cols
     return window, grid.point_index(row, col)
+
+
+class PackedGrids:
+    """Every level of a layout whose levels are all row-major grids, side by side, so that
+    the windows of all levels are found and expanded in one pass (a fixed number of tensor
+    operations per call instead of that many per level; at a few GTs per image the per-level
+    calls were most of an anchor-free assignment's time, docs/benchmarks.md).
+
+    ``xs`` (L, W_max) and ``ys`` (L, H_max) hold each level's column and row coordinates,
+    padded with +inf. Window ``w = level * N + slot`` of N GT slots; its rows are numbered
+    globally, ``level * H_max + row``, so that ``point_index`` finds the level of a pair from
+    its row. ``lo``, ``hi`` and ``stride`` are (L,) tensors of the points' dtype holding the
+    levels' scalars (each Python float converted once, as the scalar of a per-level
+    comparison is), and ``levels`` the per-level dicts.
+    """
+
+    def __init__(self, grids):
+        device, dtype = grids[0].ys.device, grids[0].ys.dtype
+        self.levels = [grid.level for grid in grids]
+        self.xs = pad_stack([grid.xs for grid in grids])
+        self.ys = pad_stack([grid.ys for grid in grids])
+        self.height = self.ys.shape[1]
+        self.offset = torch.tensor([grid.offset for grid in grids], device=device)
+        self.width = torch.tensor([grid.width for grid in grids], device=device)
+        for name in ("lo", "hi", "stride"):
+            setattr(self, name, torch.tensor([level[name] for level in self.levels], dtype=dtype, device=device))
+
+    def windows(self, boxes, valid):
+        """``LevelGrid.windows`` of every level: (N, 4) boxes, (N,) valid -> dict of (L * N,)
+        int64 tensors (``ends``: one more), window ``level * N + slot``, global rows."""
+        x1, y1, x2, y2 = boxes.unbind(dim=1)
+        hi = self.hi[:, None]  # (L, 1): the same window bound as LevelGrid._range, every level at once
+        row0, rows = _range(self.ys, y1, y2, hi)
+        col0, cols = _range(self.xs, x1, x2, hi)
+        count = (rows * cols * valid).reshape(-1)
+        row0 = (row0 + torch.arange(len(self.levels), device=row0.device)[:, None] * self.height).reshape(-1)
+        ends = torch.cat([count.new_zeros(1), count.cumsum(0)])
+        return {"row0": row0, "col0": col0.reshape(-1), "cols": cols.reshape(-1), "count": count, "ends": ends}
+
+    def point_index(self, row, col):
+        """Flat point index of (global row, column) pairs."""
+        level = torch.div(row, self.height, rounding_mode="floor")
+        return self.offset[level] + (row - level * self.height) * self.width[level] + col
+
+    def pair_levels(self, level):
+        """The scalars of each pair's level: (N,) level indices -> dict of (N,) tensors."""
+        return {"lo": self.lo[level], "hi": self.hi[level], "stride": self.stride[level]}
+
+
+def _range(sorted_values, low, high, hi):
+    """Index range of the sorted values strictly inside (low, high) and within hi of both ends
+    (with slack): ``sorted_values`` (S,) or (L, S), ``low``/``high`` (N,), ``hi`` a float or
+    (L, 1) -> first index and count, (N,) or (L, N) int64."""
+    slack = 1e-3 * (low.abs() + high.abs() + 1.0 + hi)  # inf when hi is inf
+    lower = torch.maximum(low, high - hi - slack)  # hi = inf: no restriction
+    upper = torch.minimum(high, low + hi + slack)
+    if sorted_values.ndim == 2:
+        lower, upper = lower.expand(sorted_values.shape[0], -1).contiguous(), upper.expand(sorted_values.shape[0], -1).contiguous()
+    first = torch.searchsorted(sorted_values, lower, right=True)  # first value > lower
+    end = torch.searchsorted(sorted_values, upper, right=False)  # first value >= upper
+    return first, (end - first).clamp(min=0)
