@@ -279,7 +279,8 @@ def main(argv=None):
     if args.steps:
         import step_benchmark
 
-        text = f"Machine: {machine()}\n\n" + step_benchmark.report(args.step_repeats)
+        text = (f"Machine: {machine()}\n\n" + step_benchmark.report(args.step_repeats) + "\n\n"
+                + step_benchmark.demo_report(args.step_repeats))
         print(text)
         if args.markdown:
             args.markdown.write_text(text + "\n")

@@ -14,6 +14,11 @@ Columns: ms per step; the ratio to torchvision's FCOS step (< 1: faster); the ti
 assignment + targets + losses, forward and backward (``Detector.losses`` on detached
 copies of the head outputs, then ``backward`` to them), and its share of the step; and the
 step's ratio to this project's ATSS step (how much a head costs beside the ATSS head).
+
+``demo_report`` makes the same comparison at the CPU demo's scale: the ``demo`` config
+(tiny ResNet, FPN P3-P5 of 64 channels, a head of 2 x 64-channel convs; Dynamic ATSS) on
+its own batches of 16 digits images of 128 px, against torchvision's ``FCOS`` given the
+same backbone and FPN and a head of the same size (``FCOSHead`` with 2 convs, GN 32).
 """
 import math
 import statistics
@@ -27,8 +32,12 @@ from torchvision.models.detection.fcos import FCOS
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.fcos import FCOSHead
+
 from detector import configs, engine
 from detector.data.collate import Batch, pad_targets
+from detector.data.loaders import build_datasets, train_loader
 from detector.modeling import Detector
 
 IMAGE = 512
@@ -60,13 +69,14 @@ def batch_of_images(seed=0):
     return Batch(images=images, image_sizes=[(IMAGE, IMAGE)] * BATCH, targets=targets)
 
 
-def project_detector(name):
-    """This project's detector of config ``name`` at the benchmark's size, and its step."""
-    config = configs.get_config(name, [
-        f"data.min_size={IMAGE}", f"data.max_size={IMAGE}", f"solver.batch_size={BATCH}", "backbone.weights=null",
-    ])
+def project_detector(name, overrides=None, num_classes=NUM_CLASSES):
+    """This project's detector of config ``name`` (at the benchmark's size unless
+    ``overrides`` are given), its step and a maker of its losses-only call."""
+    if overrides is None:
+        overrides = [f"data.min_size={IMAGE}", f"data.max_size={IMAGE}", f"solver.batch_size={BATCH}", "backbone.weights=null"]
+    config = configs.get_config(name, overrides)
     torch.manual_seed(0)
-    model = Detector(config, NUM_CLASSES)
+    model = Detector(config, num_classes)
     model.train()
     optimizer = engine.build_optimizer(config, model)
     device = torch.device("cpu")
@@ -120,14 +130,8 @@ def timed_once(function):
     return time.perf_counter() - start
 
 
-def report(repeats, detectors=DETECTORS):
-    """Markdown table of the interleaved step times."""
-    batch = batch_of_images()
-    steps = {"torchvision FCOS": torchvision_fcos()}
-    losses = {}
-    for label, name in detectors:
-        steps[label], make_losses = project_detector(name)
-        losses[label] = make_losses(batch)
+def interleaved(steps, losses, batch, repeats):
+    """Median seconds of each step and each losses-only call, taking turns, after two rounds."""
     times = {label: [] for label in steps}
     loss_times = {label: [] for label in losses}
     for round_ in range(repeats + 2):
@@ -140,19 +144,91 @@ def report(repeats, detectors=DETECTORS):
             if round_ >= 2:
                 loss_times[label].append(seconds)
     median = {label: statistics.median(values) for label, values in times.items()}
-    baseline, atss = median["torchvision FCOS"], median.get("ATSS", math.nan)
+    return median, {label: statistics.median(values) for label, values in loss_times.items()}
+
+
+def rows(detectors, median, loss_median, reference_label="ATSS"):
+    """Table rows of ``detectors`` ((label, config) pairs) against the torchvision row."""
+    baseline, reference = median["torchvision FCOS"], median.get(reference_label, math.nan)
     lines = [
-        f"ResNet-50-FPN, random weights, frozen BN, batch {BATCH} of {IMAGE} x {IMAGE}, G = {NUM_GTS} per image, "
-        f"torch {torch.__version__} with {torch.get_num_threads()} threads; median of {repeats} interleaved steps.",
-        "",
-        "| detector | config | ms / step | vs torchvision FCOS | assign + targets + loss (fwd + bwd) ms | share of step | vs ATSS step |",
+        "| detector | config | ms / step | vs torchvision FCOS | assign + targets + loss (fwd + bwd) ms | share of step "
+        f"| vs {reference_label} step |",
         "|---|---|---:|---:|---:|---:|---:|",
         f"| torchvision FCOS | `torchvision.models.detection.FCOS` | {baseline * 1e3:.0f} | 1.00x | | | |",
     ]
     for label, name in detectors:
-        loss_ms = statistics.median(loss_times[label])
-        lines.append(
-            f"| {label} | `{name}` | {median[label] * 1e3:.0f} | {median[label] / baseline:.2f}x | {loss_ms * 1e3:.1f} | "
-            f"{loss_ms / median[label]:.1%} | {median[label] / atss:.2f}x |"
-        )
-    return "\n".join(lines)
+        step, loss = median[label], loss_median[label]
+        lines.append(f"| {label} | `{name}` | {step * 1e3:.0f} | {step / baseline:.2f}x | {loss * 1e3:.1f} | "
+                     f"{loss / step:.1%} | {step / reference:.2f}x |")
+    return lines
+
+
+def report(repeats, detectors=DETECTORS):
+    """Markdown table of the interleaved R-50 step times."""
+    batch = batch_of_images()
+    steps = {"torchvision FCOS": torchvision_fcos()}
+    losses = {}
+    for label, name in detectors:
+        steps[label], make_losses = project_detector(name)
+        losses[label] = make_losses(batch)
+    median, loss_median = interleaved(steps, losses, batch, repeats)
+    header = [
+        f"ResNet-50-FPN, random weights, frozen BN, batch {BATCH} of {IMAGE} x {IMAGE}, G = {NUM_GTS} per image, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads; median of {repeats} interleaved steps.",
+        "",
+    ]
+    return "\n".join(header + rows(detectors, median, loss_median))
+
+
+def demo_report(repeats, name="demo"):
+    """Markdown table of the demo config's step against torchvision's FCOS on the same tiny
+    backbone and FPN (one batch of the demo's own data)."""
+    config = configs.get_config(name, ["data.num_workers=0"])
+    data = build_datasets(config)
+    batch = next(iter(train_loader(config, data.train, epoch=0)))
+    step, make_losses = project_detector(name, ["data.num_workers=0"], data.num_classes)
+    steps = {"torchvision FCOS": tiny_torchvision_fcos(config, data.num_classes, batch), name: step}
+    median, loss_median = interleaved(steps, {name: make_losses(batch)}, batch, repeats)
+    size = tuple(batch.images.shape[-2:])
+    header = [
+        f"The `{name}` config's model and data: batch {len(batch.image_sizes)} of {size[0]} x {size[1]}, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads; median of {repeats} interleaved steps.",
+        "",
+    ]
+    return "\n".join(header + rows([(name, name)], median, loss_median, reference_label=name))
+
+
+class _FeatureDict(torch.nn.Module):
+    """This project's backbone + FPN as a torchvision detection backbone (a dict of levels)."""
+
+    def __init__(self, backbone, fpn, channels):
+        super().__init__()
+        self.body, self.fpn, self.out_channels = backbone, fpn, channels
+
+    def forward(self, images):
+        return {str(i): feature for i, feature in enumerate(self.fpn(self.body(images)))}
+
+
+def tiny_torchvision_fcos(config, num_classes, batch):
+    """torchvision's FCOS on the demo's backbone and FPN (built as the demo builds them), with
+    a head of the demo's width and depth, SGD with the demo's lr, momentum and decay."""
+    torch.manual_seed(0)
+    template = Detector(config, num_classes)
+    channels = config.fpn.out_channels
+    strides = tuple((2**level,) for level in config.fpn.levels)
+    size = int(batch.images.shape[-1])
+    model = FCOS(_FeatureDict(template.backbone, template.fpn, channels), num_classes, min_size=size, max_size=size,
+                 anchor_generator=AnchorGenerator(strides, ((1.0,),) * len(strides)),
+                 head=FCOSHead(channels, 1, num_classes, num_convs=config.head.depth))
+    model.train()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(parameters, lr=config.solver.lr, momentum=0.9, weight_decay=config.solver.weight_decay)
+
+    def step(batch):
+        targets = [{"boxes": t["boxes"], "labels": t["labels"]} for t in batch.targets]
+        losses = model(list(batch.images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    return step
