@@ -31,6 +31,23 @@ def class_targets_batched(matched_gt, gt_labels, num_classes, scores=None, gt_va
     Returns:
         targets: (B, A, K); label_weights: (B, A).
     """
+    labels, values, label_weights = class_target_rows_batched(matched_gt, gt_labels, num_classes, scores, gt_valid,
+                                                              dtype=dtype)
+    return dense_class_targets(labels, values, num_classes), label_weights
+
+
+def class_target_rows_batched(matched_gt, gt_labels, num_classes, scores=None, gt_valid=None, *, dtype=None):
+    """``class_targets_batched`` without its dense (B, A, K) tensor, with the same checks.
+
+    Row ``(b, a)`` of the dense target is zero except ``values[b, a]`` at class
+    ``labels[b, a]`` (``dense_class_targets`` builds it); the fused loss step reads the rows
+    (specs/losses.md §7.1).
+
+    Returns:
+        labels: (B, A) int64, a positive's class (0 elsewhere); values: (B, A), its target
+        at that class (1, or ``scores``; 0 elsewhere), detached; label_weights: (B, A), 0 at
+        IGNORE anchors.
+    """
     num_classes = check_num_classes(num_classes)
     gt_labels = _as_index_tensor(gt_labels, "gt_labels", 2)
     gt_valid = _check_gt_valid(gt_valid, gt_labels.shape, device=gt_labels.device)
@@ -49,10 +66,14 @@ def class_targets_batched(matched_gt, gt_labels, num_classes, scores=None, gt_va
         values = positive.to(dtype)
     else:
         values = torch.where(positive, _check_scores(scores, matched_gt.shape[-1]).to(dtype), 0.0)
-    targets = torch.zeros(*matched_gt.shape, num_classes, dtype=dtype, device=matched_gt.device)
-    targets.scatter_(-1, labels[..., None], values[..., None].detach())
     label_weights = (matched_gt != IGNORE).to(dtype)
-    return targets, label_weights
+    return labels, values.detach(), label_weights
+
+
+def dense_class_targets(labels, values, num_classes):
+    """(B, A) rows of ``class_target_rows_batched`` -> the (B, A, K) class targets."""
+    targets = torch.zeros(*labels.shape, num_classes, dtype=values.dtype, device=labels.device)
+    return targets.scatter_(-1, labels[..., None], values[..., None])
 
 
 def box_targets_batched(matched_gt, gt_boxes, gt_valid=None):

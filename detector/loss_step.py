@@ -22,10 +22,15 @@ checks.
 import torch
 import torch.nn.functional as F
 
-from detector import batched_targets as BT
-from detector.batched_targets import box_targets_batched, centerness_targets_batched, iou_targets_batched
+from detector.batched_targets import (
+    box_targets_batched,
+    centerness_targets_batched,
+    class_target_rows_batched,
+    dense_class_targets,
+    iou_targets_batched,
+)
 from detector.coders import encode_deltas
-from detector.conventions import DELTA_STDS, IGNORE
+from detector.conventions import DELTA_STDS
 from detector.fused_losses import classification_loss_sum
 from detector.gfl import DFL_LOSS_WEIGHT, REG_MAX, distance_targets, distribution_focal_loss, weighted_dfl
 from detector.losses import (
@@ -43,7 +48,7 @@ from detector.losses import (
     smooth_l1_loss,
     soft_target_scores,
 )
-from detector.validation import as_boxes, as_finite, as_values, check_choice, check_num_classes
+from detector.validation import as_boxes, as_finite, as_values, check_choice
 from detector.vfnet import INIT_BOX_LOSS_WEIGHT, REFINE_BOX_LOSS_WEIGHT, vfnet_iou_targets_batched
 
 
@@ -80,7 +85,7 @@ def loss_targets_batched(
         pred_boxes, centers, matched_gt, gt_boxes, gt_labels, gt_valid, num_classes, cls_loss, quality, dtype,
         soft_targets,
     )
-    return _dense_class_targets(labels, values, num_classes), label_weights, box_t, quality_t, positive
+    return dense_class_targets(labels, values, num_classes), label_weights, box_t, quality_t, positive
 
 
 def _loss_targets_sparse(
@@ -89,12 +94,12 @@ def _loss_targets_sparse(
 ):
     """:func:`loss_targets_batched` with the class targets as rows: ``(labels, values,
     label_weights, box_targets, quality_targets, positive)``, ``labels`` / ``values`` (B, A)
-    as :func:`_class_target_rows`."""
+    as ``batched_targets.class_target_rows_batched``."""
     check_choice(cls_loss, CLS_LOSSES, "cls_loss")
     check_choice(quality, QUALITY_BRANCHES, "quality")
     ious = iou_targets_batched(pred_boxes, matched_gt, gt_boxes, gt_valid)
     scores = None if cls_loss == "focal" else ious if soft_targets is None else soft_target_scores(soft_targets, matched_gt)
-    labels, values, label_weights = _class_target_rows(matched_gt, gt_labels, num_classes, scores, gt_valid, dtype)
+    labels, values, label_weights = class_target_rows_batched(matched_gt, gt_labels, num_classes, scores, gt_valid, dtype=dtype)
     box_t = box_targets_batched(matched_gt, gt_boxes, gt_valid)
     positive = torch.as_tensor(matched_gt, device=pred_boxes.device) >= 0
     if quality == "centerness":
@@ -311,7 +316,7 @@ def gfl_loss_sums_batched(
         pos_scores = torch.sigmoid(cls_logits.detach().reshape(-1, num_classes).index_select(0, index))
     else:
         scores = torch.sigmoid(cls_logits) * dgqp_quality[..., None]
-        cls_t = _dense_class_targets(labels, values, num_classes)
+        cls_t = dense_class_targets(labels, values, num_classes)
         cls_sum = (label_weights[..., None] * quality_focal_loss_prob_unchecked(scores, cls_t)).sum()
         pos_scores = scores.detach().reshape(-1, num_classes).index_select(0, index)
 
@@ -412,8 +417,8 @@ def vfnet_loss_sums_batched(
     # 1. targets (constants)
     refined_ious = vfnet_iou_targets_batched(refined_boxes, matched_gt, gt_boxes, gt_valid)
     init_ious = vfnet_iou_targets_batched(init_boxes, matched_gt, gt_boxes, gt_valid)
-    labels, values, label_weights = _class_target_rows(matched_gt, gt_labels, num_classes, refined_ious, gt_valid,
-                                                       cls_logits.dtype)
+    labels, values, label_weights = class_target_rows_batched(matched_gt, gt_labels, num_classes, refined_ious, gt_valid,
+                                                             dtype=cls_logits.dtype)
     box_t = box_targets_batched(matched_gt, gt_boxes, gt_valid)
     positive = torch.as_tensor(matched_gt, device=cls_logits.device) >= 0
     index = torch.nonzero(positive.reshape(-1)).flatten()
@@ -458,35 +463,6 @@ def reduce_vfnet_loss_sums(sums, box_loss_weight=INIT_BOX_LOSS_WEIGHT, refine_lo
 
 # ---------------------------------------------------------------------------------------
 # helpers
-
-
-def _class_target_rows(matched_gt, gt_labels, num_classes, scores, gt_valid, dtype):
-    """``batched_targets.class_targets_batched`` without its dense (B, A, K) tensor, with the
-    same checks: ``labels`` (B, A) int64 (a positive's class, 0 elsewhere), ``values``
-    (B, A) in ``dtype`` (its target at that class: 1, or ``scores``; 0 elsewhere), and
-    ``label_weights`` (B, A) (0 at IGNORE anchors). Row ``(b, a)`` of the dense target is
-    zero except ``values[b, a]`` at class ``labels[b, a]`` (:func:`_dense_class_targets`)."""
-    num_classes = check_num_classes(num_classes)
-    gt_labels = BT._as_index_tensor(gt_labels, "gt_labels", 2)
-    gt_valid = BT._check_gt_valid(gt_valid, gt_labels.shape, device=gt_labels.device)
-    bad = gt_valid & ((gt_labels < 0) | (gt_labels >= num_classes))
-    if bool(bad.any()):
-        row = BT._first(bad)
-        raise ValueError(f"gt_labels: row {row} is {int(gt_labels[row])}, expected a class in 0..{num_classes - 1}")
-    matched_gt = BT._check_matched_gt_batched(matched_gt, gt_valid)
-    positive = matched_gt >= 0
-    labels = torch.where(positive, BT._gather(gt_labels.to(matched_gt.device), matched_gt), 0)
-    if scores is None:
-        values = positive.to(dtype)
-    else:
-        values = torch.where(positive, BT._check_scores(scores, matched_gt.shape[-1]).to(dtype), 0.0)
-    return labels, values.detach(), (matched_gt != IGNORE).to(dtype)
-
-
-def _dense_class_targets(labels, values, num_classes):
-    """(B, A, K) class targets of :func:`_class_target_rows` (``class_targets_batched``'s tensor)."""
-    targets = torch.zeros(*labels.shape, num_classes, dtype=values.dtype, device=labels.device)
-    return targets.scatter_(-1, labels[..., None], values[..., None])
 
 
 def _fused_classification_sum(cls_logits, label_weights, labels, values, index, cls_loss):
