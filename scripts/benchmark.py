@@ -21,6 +21,7 @@ torchvision's ``FCOS`` on the same ResNet-50-FPN (``step_benchmark``).
 
     python scripts/benchmark.py                  # the full table (many minutes on 2 cores)
     python scripts/benchmark.py --quick          # G = 5 and 20, batch 1: a smoke run
+    python scripts/benchmark.py --sizes 5000 --only max_iou atss   # some rows only
     python scripts/benchmark.py --steps          # training steps vs torchvision FCOS
     python scripts/benchmark.py --markdown out.md
 
@@ -212,22 +213,28 @@ def loss_step_calls(s, device, dtype=torch.float32):
 def run(args):
     """Rows ``(step, G, B, device, torch s/image, {baseline: s/image})``."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
-    sizes = (5, 20) if args.quick else (1, 5, 20, 100, 1000)
+    sizes = args.sizes or ((5, 20) if args.quick else (1, 5, 20, 100, 1000))
+    wanted = set(args.only or [*torch_calls(scene(1, 1), "cpu"), "loss step"])
     rows = []
     for num_gts in sizes:
         s1 = scene(num_gts, 1)
-        baselines = {name: {"reference": timed(call, args.repeats_reference)} for name, call in reference_calls(s1).items()}
+        baselines = {name: {"reference": timed(call, args.repeats_reference)} for name, call in reference_calls(s1).items() if name in wanted}
         for name, call in loop_calls(s1).items():
-            baselines[name]["NumPy loop"] = timed(call, args.repeats_reference)
+            if name in wanted:
+                baselines[name]["NumPy loop"] = timed(call, args.repeats_reference)
         for name in ("fcos", "pseudo_iou"):
-            baselines[name]["torchvision"] = timed(torchvision_fcos_matching(s1), args.repeats_reference)
+            if name in wanted:
+                baselines[name]["torchvision"] = timed(torchvision_fcos_matching(s1), args.repeats_reference)
         batches = (1,) if args.quick or num_gts > 100 else (1, 16)
         for batch in batches:
             s = s1 if batch == 1 else scene(num_gts, batch)
             for device in devices:
                 sync = torch.cuda.synchronize if device == "cuda" else None
                 for name, call in torch_calls(s, device).items():
-                    rows.append((name, num_gts, batch, device, timed(call, args.repeats, sync) / batch, baselines[name]))
+                    if name in wanted:
+                        rows.append((name, num_gts, batch, device, timed(call, args.repeats, sync) / batch, baselines[name]))
+                if "loss step" not in wanted:
+                    continue
                 reference_loss, fast_loss, train_loss, floor = loss_step_calls(s, device)
                 if "loss step" not in baselines:
                     baselines["loss step"] = {"reference": timed(reference_loss, args.repeats_reference)}
@@ -266,6 +273,8 @@ def table(rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="G = 5 and 20, batch 1 only")
+    parser.add_argument("--sizes", type=int, nargs="+", help="GTs per image to time (default 1 5 20 100 1000)")
+    parser.add_argument("--only", nargs="+", help="rows to time: assigner names and/or 'loss step' (default all)")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per torch cell")
     parser.add_argument("--repeats-reference", type=int, default=3, help="timed runs per reference cell")
     parser.add_argument("--no-cuda", action="store_true")
