@@ -2,7 +2,9 @@
 
 Run through ``python scripts/benchmark.py --steps`` (the machine line comes from there).
 Every detector is a ResNet-50-FPN with random weights, frozen BatchNorm, the stem and
-stage 1 frozen (torchvision's ``trainable_backbone_layers=3``), trained by SGD (momentum
+stage 1 frozen (torchvision's ``trainable_backbone_layers=3``), torchvision's ResNet layout
+(``backbone.style=pytorch``: the papers' Caffe-style backbone puts the stride in the 1x1
+conv, which makes the 3x3 convs cheaper and would flatter this project's rows), trained by SGD (momentum
 0.9, weight decay 1e-4) on the same two 512 x 512 images with G = 20 COCO-like GTs each.
 One step = forward, losses, backward, optimizer step (``engine.train_step`` for this
 project: it includes the non-finite guard and gradient clipping of every training step;
@@ -73,7 +75,8 @@ def project_detector(name, overrides=None, num_classes=NUM_CLASSES):
     """This project's detector of config ``name`` (at the benchmark's size unless
     ``overrides`` are given), its step and a maker of its losses-only call."""
     if overrides is None:
-        overrides = [f"data.min_size={IMAGE}", f"data.max_size={IMAGE}", f"solver.batch_size={BATCH}", "backbone.weights=null"]
+        overrides = [f"data.min_size={IMAGE}", f"data.max_size={IMAGE}", f"solver.batch_size={BATCH}", "backbone.weights=null",
+                     "backbone.style=pytorch"]
     config = configs.get_config(name, overrides)
     torch.manual_seed(0)
     model = Detector(config, num_classes)
