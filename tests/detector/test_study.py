@@ -89,7 +89,7 @@ def test_parse_seeds():
 
 
 def test_builtin_studies_are_valid_and_name_the_papers_tables():
-    assert {"dyn_atss_table1", "dyn_atss_table2", "dyn_atss_table3", "piou_table1a", "piou_table2", "fig3"} <= set(BUILTIN_STUDIES)
+    assert {"dyn_atss_table1", "dyn_atss_table2", "dyn_atss_table3", "piou_table1a", "piou_table2", "fig3", "fig4", "fig5"} <= set(BUILTIN_STUDIES)
     for study in BUILTIN_STUDIES.values():
         validate_study(study)
         assert study.claim and len(study.seeds) >= 5
