@@ -106,6 +106,18 @@ def as_pred_boxes(boxes, name, shape):
     return tensor
 
 
+def all_in_unit_interval(tensor):
+    """Whether every value of a float tensor lies in [0, 1] (NaN does not), for the checks of
+    probabilities (the prediction-aware assigners' ``pred_scores``): two reductions, ``amin``
+    and ``amax``, which propagate NaN, and one device synchronisation. Values in [0, 1] are
+    finite, so a caller that also requires finite values can skip that test when this
+    holds; when it does not, the caller searches for the bad value to name it. (One
+    ``aminmax`` pass costs more on CPU than the two reductions.)"""
+    if tensor.numel() == 0:
+        return True
+    return bool((tensor.amin() >= 0) & (tensor.amax() <= 1))
+
+
 def check_same_device(tensor, reference, name, reference_name):
     """``tensor`` must be on the device of ``reference`` (an assigner never moves its inputs
     silently between devices). Returns ``tensor``."""

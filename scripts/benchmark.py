@@ -146,12 +146,16 @@ def loop_calls(s):
     """The plain NumPy loops over GTs (``scripts/numpy_loops.py``) on image 0."""
     a, ac, p, pc = s["anchors"], s["anchor_counts"], s["points"], s["point_counts"]
     gt, pred_boxes = s["gts"][0], s["pred_boxes"][0]
+    labels, scores = s["labels"][0], s["scores"][0]
     return {
         "max_iou": lambda: numpy_loops.max_iou_loop(a, gt),
         "atss": lambda: numpy_loops.atss_loop(a, ac, gt),
         "dynamic_atss": lambda: numpy_loops.atss_loop(a, ac, gt, pred_boxes),
         "pseudo_iou": lambda: numpy_loops.fcos_loop(p, pc, gt, pseudo_iou_threshold=0.4),
         "fcos": lambda: numpy_loops.fcos_loop(p, pc, gt),
+        "tal": lambda: numpy_loops.tal_loop(a, gt, labels, scores, pred_boxes),
+        "simota": lambda: numpy_loops.simota_loop(a, gt, labels, pred_boxes, scores),
+        "dsl": lambda: numpy_loops.dsl_loop(a, gt, labels, pred_boxes, scores),
     }
 
 

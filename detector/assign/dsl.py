@@ -18,12 +18,14 @@ The predictions come decoded and detached (``pred_boxes``) with the class probab
 
 Twin of ``reference/assign/dsl.py``; ``assign_dsl_batched`` holds the algorithm and
 ``assign_dsl`` runs it on one image, as in ``assign/atss.py``. Each image's valid priors
-are packed to the front of a (B, V_max) index (anchor order kept, so a lower position is a
-lower anchor index); the (B, G, V_max) costs are computed for chunks of GTs of at most
-``max_pairs`` pairs, each GT's selection and the per-prior lowest-cost GT are kept across
-chunks, and the conflicts are resolved on the selected pairs: the result does not depend
-on ``max_pairs``. The predictions are detached here; half and bfloat16 predictions are
-up-cast to float32, then cast to the dtype of the anchors and GTs.
+(found on the anchors' grids, ``assign/centre_windows.py``, without testing every anchor
+against every GT) are packed to the front of a (B, V_max) index (anchor order kept, so a
+lower position is a lower anchor index); the (B, G, V_max) costs are computed for chunks
+of GTs of at most ``max_pairs`` pairs, each GT's selection and the per-prior lowest-cost
+GT are kept across chunks, and the conflicts are resolved on the selected pairs: the
+result does not depend on ``max_pairs``. The predictions are detached here; half and
+bfloat16 predictions are up-cast to float32, then cast to the dtype of the anchors and
+GTs.
 """
 import math
 import numbers
@@ -31,11 +33,15 @@ import numbers
 import numpy as np
 import torch
 
-from detector.assign.batching import as_padded_batch, finish_batch, one_image
+from detector.assign.atss import anchor_centers_of
+from detector.assign.batching import as_padded_batch, finish_batch, one_image, sequential_sum
+from detector.assign.centre_windows import centre_grids, rectangle_mask
+from detector.assign.memo import memo, shared_boxes
 from detector.assign.nearest import _exact_topk
 from detector.boxes import _centers, aligned_box_iou_unchecked
 from detector.conventions import BACKGROUND, BCE_LOG_MIN, OCTAVE_BASE_SCALE
 from detector.validation import (
+    all_in_unit_interval,
     as_boxes,
     as_pred_boxes,
     as_values,
@@ -104,7 +110,7 @@ def assign_dsl(
             (A, 4) real numbers or a finite inverted row, ``pred_scores`` not (A, K)
             probabilities, a label outside 0..K-1, a bad option (all named).
     """
-    anchors = as_boxes(anchors, "anchors")
+    anchors = shared_boxes(anchors, "anchors")
     for values, name in ((gt_boxes, "gt_boxes"), (gt_labels, "gt_labels"), (pred_boxes, "pred_boxes"), (pred_scores, "pred_scores")):
         check_same_device(values, anchors, name, "anchors")
     pred_boxes = as_pred_boxes(pred_boxes, "pred_boxes", (len(anchors), 4))  # errors name this image's rows
@@ -162,7 +168,7 @@ def assign_dsl_batched(
         Assignment with matched_gt (B, A) int64, matched_metric (B, A), gt_threshold
         (B, G_max) NaN, candidate_index (B, G_max, C) int64 (-1 for padded slots).
     """
-    anchors = as_boxes(anchors, "anchors")
+    anchors = shared_boxes(anchors, "anchors")
     anchors, gt_boxes, gt_valid = as_padded_batch(anchors, gt_boxes, gt_valid)
     check_level_counts(num_anchors_per_level, len(anchors), "num_anchors_per_level")
     batch, num_gts = gt_valid.shape
@@ -179,39 +185,40 @@ def assign_dsl_batched(
     max_pairs = _check_max_pairs(max_pairs)
     pred_boxes = pred_boxes.detach().to(device=anchors.device, dtype=anchors.dtype)
     pred_scores = pred_scores.detach().to(device=anchors.device, dtype=anchors.dtype)
-    strides = anchor_strides(anchors)
+    strides = memo(anchors, "anchor strides", lambda: anchor_strides(anchors))  # raises at every call for a bad anchor
     num_candidates = min(topk, num_anchors)
     device = anchors.device
 
-    valid = torch.zeros((batch, num_anchors), dtype=torch.bool, device=device)
-    for first, last in _chunks(num_gts, max_pairs // max(1, batch * num_anchors)):
-        valid |= valid_priors(gt_boxes[:, first:last], anchors)
+    valid = _valid_priors_of(gt_boxes, gt_valid, anchors, max_pairs)  # valid_priors, on the grids
     # pack each image's valid priors to the front, in anchor order
     num_valid = valid.sum(dim=1)  # (B,)
     width = int(num_valid.max()) if batch else 0
-    order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices[:, :width]  # (B, V) anchor indices
+    order = _packed_order(valid, width)  # (B, V) anchor indices
     real = torch.arange(width, device=device) < num_valid[:, None]  # (B, V) valid priors, padding after them
-    batch_index = torch.arange(batch, device=device)[:, None]
-    boxes = pred_boxes[batch_index, order]  # (B, V, 4)
-    scores = pred_scores[batch_index, order]  # (B, V, K)
-    centers = _centers(anchors)[order]  # (B, V, 2)
-    prior_strides = strides[order]  # (B, V)
+    boxes = _gather_rows(pred_boxes, order)  # (B, V, 4)
+    scores = _gather_rows(pred_scores, order)  # (B, V, K)
+    centers = anchor_centers_of(anchors).index_select(0, order.reshape(-1)).view(batch, width, 2)  # (B, V, 2)
+    prior_strides = strides.index_select(0, order.reshape(-1)).view(batch, width)  # (B, V)
     negative = negative_costs(scores)
 
     positions = torch.full((batch, num_gts, num_candidates), -1, dtype=torch.int64, device=device)
     best_cost = torch.full((batch, width), math.nan, dtype=anchors.dtype, device=device)
     best_gt = torch.full((batch, width), num_gts, dtype=torch.int64, device=device)
+    padded = not bool(real.all())  # images with fewer valid priors than V (never with one image)
     for first, last in _chunks(num_gts if width else 0, max_pairs // max(1, batch * width)):
         chunk_valid = gt_valid[:, first:last]
-        ious = torch.where(real[:, None, :], predicted_ious(gt_boxes[:, first:last], boxes), 0.0)  # (B, g, V)
+        ious = predicted_ious(gt_boxes[:, first:last], boxes)  # (B, g, V)
+        if padded:
+            ious = torch.where(real[:, None, :], ious, 0.0)
         cls_cost = soft_classification_cost(ious, scores, negative, gt_labels[:, first:last])
         center_prior = soft_center_prior(gt_boxes[:, first:last], centers, prior_strides, soft_center_radius)
         cost = cls_cost + iou_cost(ious, iou_weight) + center_prior  # (B, g, V)
         del cls_cost, center_prior
-        cost = torch.where(real[:, None, :], cost, math.inf)  # padding after every valid prior
+        if padded:
+            cost = torch.where(real[:, None, :], cost, math.inf)  # padding after every valid prior
         ks = torch.where(chunk_valid & (num_valid[:, None] > 0), dynamic_ks(ious, topk), 0)
         positions[:, first:last] = select_lowest_costs(cost, ks, num_candidates)
-        _keep_lowest(best_cost, best_gt, torch.where(chunk_valid[..., None], cost, math.nan), first)
+        _keep_lowest(best_cost, best_gt, cost, chunk_valid, first)
     matched = resolve_conflicts(positions, best_gt, width)  # (B, V)
 
     matched_gt = torch.full((batch, num_anchors), BACKGROUND, dtype=torch.int64, device=device)
@@ -305,6 +312,11 @@ def negative_costs(pred_scores):
 
     ``n[v, j] = BCE(p_vj, 0) * (0 - p_vj) ** 2``: the term of class ``j`` in the soft
     classification cost of every GT whose class is not ``j``.
+    Computed as ``(0 - L) * (p * p)`` with ``L = max(log(1 - p), -100)``, the same value to
+    the bit: with the target 0, ``binary_cross_entropy`` is ``(0 - 1) * L - 0 * max(log p,
+    -100)``, and ``0 * max(log p, -100)`` is a zero (the clamped log is finite), so it is
+    ``-L`` (``+0`` when ``L = 0``), which is ``0 - L``; and ``(0 - p) ** 2 = p * p`` exactly. The
+    ``log p`` of every score is not needed.
 
     Args:
         pred_scores: (B, V, K) probabilities.
@@ -312,8 +324,8 @@ def negative_costs(pred_scores):
     Returns:
         (B, V, K) >= 0.
     """
-    scale = 0.0 - pred_scores
-    return binary_cross_entropy(pred_scores, 0.0) * (scale * scale)
+    log_not_p = torch.log(1.0 - pred_scores).clamp_(min=BCE_LOG_MIN)  # a new tensor: clamped in place
+    return (0.0 - log_not_p) * (pred_scores * pred_scores)
 
 
 def soft_classification_cost(ious, pred_scores, negative_costs, gt_labels):
@@ -390,9 +402,7 @@ def dynamic_ks(ious, topk):
         (B, G) int64 in 1..min(topk, V).
     """
     largest = ious.topk(min(topk, ious.shape[-1]), dim=-1, largest=True, sorted=True).values
-    total = torch.zeros(ious.shape[:-1], dtype=ious.dtype, device=ious.device)
-    for column in range(largest.shape[-1]):
-        total = total + largest[..., column]
+    total = sequential_sum(largest)  # ((v0 + v1) + v2) + ...: one cumsum on CPU
     return torch.floor(total).clamp(min=1.0).to(torch.int64)
 
 
@@ -471,13 +481,20 @@ def resolve_conflicts(positions, lowest_gt, num_priors):
 
 
 def _check_scores(pred_scores, leading_shape):
-    """``pred_scores`` as a float tensor of shape ``leading_shape + (K,)`` of probabilities, K >= 1."""
-    scores = as_values(pred_scores, "pred_scores", ndim=len(leading_shape) + 1)
+    """``pred_scores`` as a float tensor of shape ``leading_shape + (K,)`` of probabilities, K >= 1.
+
+    Values in [0, 1] are finite, so one test (``all_in_unit_interval``, two reductions)
+    passes good scores; only when it fails are the finite test and the search for the bad
+    value run, in the order of the checks, so that the errors are those of the reference."""
+    scores = as_values(pred_scores, "pred_scores", ndim=len(leading_shape) + 1, finite=False)
+    in_range = all_in_unit_interval(scores)
+    if not in_range:
+        as_values(scores, "pred_scores", ndim=len(leading_shape) + 1)  # raises for a NaN or Inf
     if tuple(scores.shape[:-1]) != tuple(leading_shape) or scores.shape[-1] < 1:
         expected = "(" + ", ".join(str(n) for n in leading_shape) + ", K)"
         raise ValueError(f"pred_scores: expected shape {expected} with K >= 1 (one row per anchor), got {tuple(scores.shape)}")
-    bad = (scores < 0) | (scores > 1)
-    if bool(bad.any()):
+    if not in_range:
+        bad = (scores < 0) | (scores > 1)
         where = tuple(torch.nonzero(bad)[0].tolist())
         row = where[0] if len(where) == 2 else where[:-1]
         raise ValueError(f"pred_scores: row {row} class {where[-1]} is {float(scores[where])}, expected a probability in [0, 1]")
@@ -518,17 +535,60 @@ def _chunks(count, size):
     return [(first, min(first + size, count)) for first in range(0, count, size)]
 
 
-def _keep_lowest(best_cost, best_gt, cost, first):
-    """Merge a chunk of GTs (``cost`` (B, g, V), NaN rows for padded slots, GT indices from
-    ``first``) into the running lowest cost (NaN while unset) and GT of each prior, in
-    place. A later chunk wins only with a strictly lower cost, so ties keep the lower GT
-    index."""
-    chunk_gt = lowest_cost_gts(cost)  # (B, V), g where no valid GT
+def _keep_lowest(best_cost, best_gt, cost, chunk_valid, first):
+    """Merge a chunk of GTs (``cost`` (B, g, V), GT indices from ``first``, ``chunk_valid``
+    (B, g) its real slots) into the running lowest cost (NaN while unset) and GT of each
+    prior, in place. A later chunk wins only with a strictly lower cost, so ties keep the
+    lower GT index.
+
+    ``lowest_cost_gts`` in one reduction: ``torch.min`` over the GTs returns the first index
+    of the minimum (documented), the lowest GT index among equal costs; padded slots are
+    set to +inf, which cannot be a finite minimum. A minimum that is not finite (every slot
+    padded, or float32 costs that overflowed) takes ``lowest_cost_gts`` itself, with NaN
+    rows for the padded slots."""
+    all_valid = bool(chunk_valid.all())
+    chunk_cost, chunk_gt = (cost if all_valid else torch.where(chunk_valid[..., None], cost, math.inf)).min(dim=1)  # (B, V)
+    if not bool(torch.isfinite(chunk_cost).all()):
+        marked = cost if all_valid else torch.where(chunk_valid[..., None], cost, math.nan)
+        chunk_gt = lowest_cost_gts(marked)  # (B, V), g where no valid GT
+        chunk_cost = marked.gather(1, chunk_gt.clamp(max=cost.shape[1] - 1)[:, None, :])[:, 0]
     found = chunk_gt < cost.shape[1]
-    chunk_cost = cost.gather(1, chunk_gt.clamp(max=cost.shape[1] - 1)[:, None, :])[:, 0]
     better = found & (torch.isnan(best_cost) | (chunk_cost < best_cost))
     best_cost.copy_(torch.where(better, chunk_cost, best_cost))
     best_gt.copy_(torch.where(better, chunk_gt + first, best_gt))
+
+
+def _valid_priors_of(gt_boxes, gt_valid, anchors, max_pairs):
+    """``valid_priors`` of the GT slots (B, G): on the anchors' grids, the windows of the
+    valid GTs, all at once (``centre_windows.rectangle_mask``: the strict test
+    ``min(x - x1, y - y1, x2 - x, y2 - y) > 0`` is exactly a centre strictly between the
+    bounds); else ``valid_priors`` itself on chunks of GTs of at most ``max_pairs`` pairs
+    (padded slots are zero boxes there, which contain no centre)."""
+    batch, num_gts = gt_valid.shape
+    grids = centre_grids(anchors)
+    if grids is not None:
+        image = torch.arange(batch, device=anchors.device).repeat_interleave(num_gts)
+        return rectangle_mask(grids, gt_boxes.reshape(-1, 4), gt_valid.reshape(-1), image, batch)
+    valid = torch.zeros((batch, anchors.shape[0]), dtype=torch.bool, device=anchors.device)
+    for first, last in _chunks(num_gts, max_pairs // max(1, batch * anchors.shape[0])):
+        valid |= valid_priors(gt_boxes[:, first:last], anchors)
+    return valid
+
+
+def _packed_order(valid, width):
+    """(B, A) bool -> (B, V) the anchors of each row, its valid ones first in anchor order, then
+    its first invalid ones (distinct anchors: the result is scattered back through it). One
+    image: its valid anchors (``nonzero``); several: a stable sort of the invalid flags."""
+    if valid.shape[0] == 1:
+        return torch.nonzero(valid[0]).reshape(1, -1)
+    return torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices[:, :width]
+
+
+def _gather_rows(values, order):
+    """(B, A, ...) values at (B, V) anchor indices -> (B, V, ...) (``values[b, order[b]]``)."""
+    batch, width = order.shape
+    flat = (order + torch.arange(batch, device=order.device)[:, None] * values.shape[1]).reshape(-1)
+    return values.reshape(batch * values.shape[1], *values.shape[2:]).index_select(0, flat).view(batch, width, *values.shape[2:])
 
 
 def _matched_ious(gt_boxes, pred_boxes, matched):

@@ -15,7 +15,10 @@ classification logits.
 
 Twin of ``reference/assign/simota.py``; ``assign_simota_batched`` holds the algorithm and
 ``assign_simota`` runs it on one image. The (G, A) cost matrices are never built: each
-image's candidates are gathered into a padded (B, N) list, costs are computed for chunks of
+image's candidates (found on the anchors' grids, ``assign/centre_windows.py``, without
+testing every anchor against every GT) are gathered into a padded (B, N) list, and only
+their scores are read (the ``log p`` of a class only where a GT has it, when there are
+fewer GT slots than classes); costs are computed for chunks of
 GTs against it (at most about ``max_elements`` pairs at once), each chunk keeps only its
 GTs' selected anchors (at most C per GT), and the conflict step recomputes the costs of all
 GTs at the few anchors selected by several GTs (specs/simota.md §5). Every cost is the same
@@ -29,12 +32,15 @@ import numbers
 import numpy as np
 import torch
 
+from detector.assign.atss import anchor_centers_of
 from detector.assign.batching import as_padded_batch, finish_batch, one_image, sequential_sum
+from detector.assign.centre_windows import centre_grids, rectangle_mask
+from detector.assign.memo import memo, shared_boxes
 from detector.assign.result import Assignment
 from detector.boxes import _centers, aligned_box_iou_unchecked
 from detector.conventions import BACKGROUND, BCE_LOG_MIN, OCTAVE_BASE_SCALE
 from detector.validation import (
-    as_boxes,
+    all_in_unit_interval,
     as_pred_boxes,
     as_values,
     check_level_counts,
@@ -107,7 +113,7 @@ def assign_simota(
         ValueError: bad boxes, labels, scores or level counts, ``pred_boxes`` not (A, 4) real
             numbers or a finite inverted row (named), a bad option (named).
     """
-    anchors = as_boxes(anchors, "anchors")
+    anchors = shared_boxes(anchors, "anchors")
     pred_boxes = as_pred_boxes(pred_boxes, "pred_boxes", (len(anchors), 4))  # errors name this image's rows
     pred_scores = _as_scores(pred_scores, (len(anchors),))
     gt_labels = _as_labels(gt_labels, (len(torch.as_tensor(gt_boxes)),), pred_scores.shape[-1])
@@ -162,7 +168,7 @@ def assign_simota_batched(
         (B, G_max) (dynamic k; NaN for padded slots and images without candidates),
         candidate_index (B, G_max, C) int64 (-1 for padded slots and unused slots).
     """
-    anchors = as_boxes(anchors, "anchors")
+    anchors = shared_boxes(anchors, "anchors")
     anchors, gt_boxes, gt_valid = as_padded_batch(anchors, gt_boxes, gt_valid)
     check_level_counts(num_anchors_per_level, len(anchors), "num_anchors_per_level")
     batch, num_gts, num_anchors = gt_valid.shape[0], gt_valid.shape[1], len(anchors)
@@ -184,22 +190,24 @@ def assign_simota_batched(
     num_slots = min(candidate_topk, num_anchors)
     options = (center_radius, iou_weight, cls_weight)
 
-    centers = _centers(anchors)
-    strides = prior_strides(anchors)
-    candidates, candidate_valid = _candidate_anchors(gt_boxes, gt_valid, centers, strides, center_radius, max_elements)
+    centers = anchor_centers_of(anchors)
+    strides = memo(anchors, "prior strides", lambda: prior_strides(anchors))
+    candidates, candidate_valid = _candidate_anchors(gt_boxes, gt_valid, anchors, center_radius, max_elements)
     num_candidates = candidates.shape[1]  # N, the most candidates of any image
     has_candidates = candidate_valid.any(dim=1)  # (B,)
     if num_gts == 0 or num_candidates == 0:  # §4.1, §4.2
         return _all_background(batch, num_gts, num_anchors, num_slots, gt_valid, device, dtype)
 
-    priors = _Priors(candidates, centers, strides, pred_boxes, pred_scores)
+    priors = _Priors(candidates, centers, strides, pred_boxes, pred_scores, num_gts)
     chunk = max(1, max_elements // (batch * num_candidates))
+    padded = not bool(candidate_valid.all())  # images with fewer candidates than N (never with one image)
     ks, chosen_parts = [], []
     for first in range(0, num_gts, chunk):
         rows = slice(first, first + chunk)
         ious, cost = _pair_costs(gt_boxes[:, rows], gt_labels[:, rows], priors, options)  # (B, G_c, N)
-        ious = torch.where(candidate_valid[:, None, :], ious, 0.0)  # padded positions: no IoU
-        cost = torch.where(candidate_valid[:, None, :], cost, math.inf)  # ... and never chosen
+        if padded:
+            ious = torch.where(candidate_valid[:, None, :], ious, 0.0)  # padded positions: no IoU
+            cost = torch.where(candidate_valid[:, None, :], cost, math.inf)  # ... and never chosen
         k = dynamic_k(ious, candidate_topk)
         k = torch.where(gt_valid[:, rows] & has_candidates[:, None], k, 0)
         chosen = lowest_cost(cost, k, num_slots)  # (B, G_c, C) candidate positions
@@ -345,9 +353,7 @@ def dynamic_k(ious, candidate_topk):
     """
     count = min(candidate_topk, ious.shape[-1])
     largest = ious.topk(count, dim=-1, largest=True, sorted=True).values
-    total = largest[..., 0]
-    for column in range(1, count):
-        total = total + largest[..., column]
+    total = sequential_sum(largest)  # ((v0 + v1) + v2) + ...: one cumsum on CPU
     return total.floor().clamp(min=1).to(torch.int64)
 
 
@@ -423,7 +429,7 @@ def _resolve_conflicts(candidate_index, gt_boxes, gt_valid, gt_labels, centers, 
     if not bool(contested.any()):
         return owner
     anchors_index, anchors_valid = _padded_rows(contested)  # (B, M)
-    priors = _Priors(anchors_index, centers, strides, pred_boxes, pred_scores)
+    priors = _Priors(anchors_index, centers, strides, pred_boxes, pred_scores, num_gts)
     best_cost = torch.full(anchors_index.shape, math.inf, dtype=centers.dtype, device=device)
     best_gt = torch.full(anchors_index.shape, BACKGROUND, dtype=torch.int64, device=device)
     chunk = max(1, max_elements // (batch * anchors_index.shape[1]))
@@ -443,13 +449,20 @@ def _resolve_conflicts(candidate_index, gt_boxes, gt_valid, gt_labels, centers, 
 
 
 def _as_scores(pred_scores, leading_shape):
-    """Check and convert ``pred_scores``: (..., K) with K >= 1, finite, in [0, 1]."""
-    scores = as_values(pred_scores, "pred_scores", len(leading_shape) + 1)
+    """Check and convert ``pred_scores``: (..., K) with K >= 1, finite, in [0, 1].
+
+    Values in [0, 1] are finite, so one test (``all_in_unit_interval``, two reductions)
+    passes good scores; only when it fails are the finite test and the search for the bad
+    value run, in the order of the checks, so that the errors are those of the reference."""
+    scores = as_values(pred_scores, "pred_scores", len(leading_shape) + 1, finite=False)
+    in_range = all_in_unit_interval(scores)
+    if not in_range:
+        as_values(scores, "pred_scores", len(leading_shape) + 1)  # raises for a NaN or Inf
     if tuple(scores.shape[:-1]) != tuple(leading_shape) or scores.shape[-1] < 1:
         expected = "(" + ", ".join(str(n) for n in leading_shape) + ", K)"
         raise ValueError(f"pred_scores: expected shape {expected} with K >= 1, got {tuple(scores.shape)}")
-    bad = (scores < 0) | (scores > 1)
-    if bool(bad.any()):
+    if not in_range:
+        bad = (scores < 0) | (scores > 1)
         index = torch.nonzero(bad)[0].tolist()[:-1]
         row = index[0] if len(index) == 1 else tuple(index)
         raise ValueError(f"pred_scores: row {row} has a value outside [0, 1]: {scores[tuple(index)].tolist()}")
@@ -488,14 +501,18 @@ def _check_count(value, name):
 
 class _Priors:
     """The gathered per-image data of a padded list of anchors (B, N): centres, strides,
-    decoded predictions and the logs of their scores."""
+    decoded predictions and the logs of their scores (``_bce_logs``; ``num_gts``, the GT slots
+    they will be costed against, decides whether every ``log p`` is taken at once)."""
 
-    def __init__(self, index, centers, strides, pred_boxes, pred_scores):
-        batch = torch.arange(index.shape[0], device=index.device)[:, None]
-        self.points = centers[index]  # (B, N, 2)
-        self.strides = strides[index]  # (B, N)
-        self.finite_boxes = _finite_boxes(pred_boxes[batch, index])  # (B, N, 4) and (B, N), once
-        self.bce_logs = _bce_logs(pred_scores[batch, index])  # the scores' (B, N, K) logs, once
+    def __init__(self, index, centers, strides, pred_boxes, pred_scores, num_gts):
+        batch, width = index.shape
+        flat = (index + torch.arange(batch, device=index.device)[:, None] * pred_boxes.shape[1]).reshape(-1)  # b * A + a
+        self.points = centers.index_select(0, index.reshape(-1)).view(batch, width, 2)
+        self.strides = strides.index_select(0, index.reshape(-1)).view(batch, width)
+        boxes = pred_boxes.reshape(-1, 4).index_select(0, flat).view(batch, width, 4)
+        self.finite_boxes = _finite_boxes(boxes)  # (B, N, 4) and (B, N), once
+        scores = pred_scores.reshape(-1, pred_scores.shape[-1]).index_select(0, flat).view(batch, width, -1)
+        self.bce_logs = _bce_logs(scores, num_gts)  # the scores' logs, once
 
 
 def _pair_costs(gt_boxes, gt_labels, priors, options):
@@ -520,35 +537,58 @@ def _masked_ious(gt_boxes, safe_boxes, finite):
     return torch.where(finite[:, None, :], ious, 0.0)
 
 
-def _bce_logs(pred_scores):
-    """The per-anchor parts of ``classification_cost``: (B, N, K) clamped ``log p`` and
-    ``log(1 - p)``, and (B, N) their total ``T = sum_j log(1 - p_j)`` (left to right)."""
-    log_pos = _log(pred_scores).clamp(min=BCE_LOG_MIN)
-    log_neg = _log1p(-pred_scores).clamp(min=BCE_LOG_MIN)
-    return log_pos, log_neg, sequential_sum(log_neg)
+def _bce_logs(pred_scores, num_gts):
+    """The per-anchor parts of ``classification_cost``: (B, N, K) clamped ``log(1 - p)``, its
+    (B, N) total ``T = sum_j log(1 - p_j)`` (left to right), and the clamped ``log p``: of
+    every class when there are at least K GT slots, else None (``_bce_from_logs`` then takes
+    the log of the few scores it reads, the same values)."""
+    log_pos = _log(pred_scores).clamp_(min=BCE_LOG_MIN) if num_gts >= pred_scores.shape[-1] else None
+    log_neg = _log1p(-pred_scores).clamp_(min=BCE_LOG_MIN)
+    return pred_scores, log_pos, log_neg, sequential_sum(log_neg)
 
 
 def _bce_from_logs(logs, gt_labels):
     """``classification_cost`` from ``_bce_logs``: (B, G) labels -> (B, G, N)."""
-    log_pos, log_neg, total = logs
-    index = gt_labels[:, None, :].expand(-1, log_pos.shape[1], -1)  # (B, N, G)
+    scores, log_pos, log_neg, total = logs
+    index = gt_labels[:, None, :].expand(-1, log_neg.shape[1], -1)  # (B, N, G)
     neg = log_neg.gather(2, index).transpose(1, 2)  # (B, G, N)
-    pos = log_pos.gather(2, index).transpose(1, 2)
+    if log_pos is None:
+        pos = _log(scores.gather(2, index)).clamp_(min=BCE_LOG_MIN).transpose(1, 2)
+    else:
+        pos = log_pos.gather(2, index).transpose(1, 2)
     return -((total[:, None, :] - neg) + pos)
 
 
-def _candidate_anchors(gt_boxes, gt_valid, centers, strides, center_radius, max_elements):
+def _candidate_anchors(gt_boxes, gt_valid, anchors, center_radius, max_elements):
     """Each image's candidates (§2.1): anchors inside some valid GT's box or centre region.
 
-    GTs are tested in chunks of at most about ``max_elements`` (B * G_c * A) pairs.
+    On the anchors' grids (``centre_windows``), the candidates are the anchors of two
+    windows per GT and grid: its box, and its centre square with the grid's stride. Both
+    tests are
+    strict comparisons with 0 of differences computed as ``inside_boxes`` and
+    ``inside_centers`` compute them, which the windows reproduce exactly
+    (``centre_windows.rectangle_mask``). Otherwise every anchor is tested, GTs in chunks of
+    at most about ``max_elements`` (B * G_c * A) pairs.
 
     Returns:
         index: (B, N) int64 anchor indices, ascending within an image, padded with 0;
         valid: (B, N) bool, which positions are real; N the most candidates of any image.
     """
     batch, num_gts = gt_valid.shape
-    mask = torch.zeros((batch, centers.shape[0]), dtype=torch.bool, device=centers.device)
-    chunk = max(1, max_elements // max(1, batch * centers.shape[0]))
+    num_anchors = anchors.shape[0]
+    grids = centre_grids(anchors)
+    if grids is not None:  # every GT at once: O(1) work per GT and grid, O(B * A) in all
+        boxes = gt_boxes.reshape(-1, 4)
+        cx, cy = _centers(boxes).unbind(dim=1)  # (S,) each
+        radius = (center_radius * grids.strides)[:, None]  # (L, 1)
+        squares = torch.stack([cx - radius, cy - radius, cx + radius, cy + radius], dim=-1)  # (L, S, 4)
+        rectangles = torch.cat([boxes.expand(grids.num_levels, -1, -1), squares], dim=1)  # the boxes, then the squares
+        image = torch.arange(batch, device=anchors.device).repeat_interleave(num_gts).repeat(2)
+        return _padded_rows(rectangle_mask(grids, rectangles, gt_valid.reshape(-1).repeat(2), image, batch))
+    centers = anchor_centers_of(anchors)
+    strides = memo(anchors, "prior strides", lambda: prior_strides(anchors))
+    mask = torch.zeros((batch, num_anchors), dtype=torch.bool, device=anchors.device)
+    chunk = max(1, max_elements // max(1, batch * num_anchors))
     for first in range(0, num_gts, chunk):
         boxes = gt_boxes[:, first : first + chunk]
         either = inside_boxes(boxes, centers) | inside_centers(boxes, centers, strides, center_radius)
@@ -559,21 +599,30 @@ def _candidate_anchors(gt_boxes, gt_valid, centers, strides, center_radius, max_
 def _padded_rows(mask):
     """(B, A) bool -> the True columns of each row, ascending: index (B, N) int64 padded with
     0 and valid (B, N) bool, N the most True values of any row."""
+    if mask.shape[0] == 1:  # one row: no padding
+        index = torch.nonzero(mask[0]).reshape(1, -1)
+        return index, torch.ones(index.shape, dtype=torch.bool, device=mask.device)
+    row, column = torch.nonzero(mask, as_tuple=True)  # row-major: ascending columns in a row
     counts = mask.sum(dim=1)
     width = int(counts.max()) if mask.shape[0] else 0
-    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+    position = torch.arange(row.shape[0], device=mask.device) - (counts.cumsum(0) - counts).index_select(0, row)
+    index = torch.zeros((mask.shape[0], width), dtype=torch.int64, device=mask.device)
+    index[row, position] = column
     valid = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
-    return torch.where(valid, order, 0), valid
+    return index, valid
 
 
 def _matched_ious(matched_gt, gt_boxes, pred_boxes):
     """IoU of each positive anchor's prediction with its assigned GT (§3): (B, A), 0 for
-    background and for non-finite predictions."""
-    assigned = gt_boxes.gather(1, matched_gt.clamp(min=0)[..., None].expand(-1, -1, 4))  # (B, A, 4)
-    finite = torch.isfinite(pred_boxes).all(dim=-1)
-    safe_boxes = torch.where(finite[..., None], pred_boxes, 0.0)
-    ious = aligned_box_iou_unchecked(assigned, safe_boxes)
-    return torch.where((matched_gt >= 0) & finite, ious, 0.0)
+    background and for non-finite predictions; computed at the positives only."""
+    batch, num_anchors = matched_gt.shape
+    positive = torch.nonzero(matched_gt.reshape(-1) >= 0).squeeze(1)  # flat b * A + a
+    boxes = pred_boxes.reshape(-1, 4).index_select(0, positive)
+    slot = torch.div(positive, num_anchors, rounding_mode="floor") * gt_boxes.shape[1] + matched_gt.reshape(-1).index_select(0, positive)
+    ious = aligned_box_iou_unchecked(gt_boxes.reshape(-1, 4).index_select(0, slot), boxes)
+    ious = torch.where(torch.isfinite(boxes).all(dim=-1), ious, 0.0)
+    out = torch.zeros(batch * num_anchors, dtype=pred_boxes.dtype, device=pred_boxes.device)
+    return out.index_copy_(0, positive, ious).view(batch, num_anchors)
 
 
 def _all_background(batch, num_gts, num_anchors, num_slots, gt_valid, device, dtype):

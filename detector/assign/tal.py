@@ -14,22 +14,30 @@ outputs and applies the sigmoid to its classification logits once (specs/tal.md 
 
 Twin of ``reference/assign/tal.py``; ``assign_tal_batched`` holds the algorithm and
 ``assign_tal`` runs it on one image, as in ``assign/atss.py``. The step helpers take
-batched tensors: GTs (B, G, 4), labels (B, G), per-GT-and-anchor values (B, G, A). GTs are
-processed in chunks of at most about ``max_elements`` (B * G * A) values; an anchor's best
-GT is merged across chunks (``_merge_chunk``), so the result does not depend on the chunk
-size. The predictions are detached here; half and bfloat16 are up-cast to float32, then
-cast to the dtype of the anchors and GTs.
+batched tensors: GTs (B, G, 4), labels (B, G), per-GT-and-anchor values (B, G, A).
+``assign_tal_batched`` runs the same steps on a list of (GT, anchor) pairs instead: only a
+pair whose anchor centre lies inside the GT can be a candidate (§2.5), so the pairs are
+found on the anchors' grids (``assign/centre_windows.py``) and the scores, IoUs and
+metrics are computed for them alone, never for the (B, G, A) matrices or the whole
+(B, A, K) scores (the detector-only helpers at the bottom; every value is the same
+elementwise arithmetic as the dense step's, so the result is the same to the bit). GTs are
+processed in chunks of at most about ``max_elements`` (B * G * A) values; the candidates
+of all chunks are resolved together, so the result does not depend on the chunk size. The
+predictions are detached here; half and bfloat16 are up-cast to float32, then cast to the
+dtype of the anchors and GTs.
 """
 import math
 
 import numpy as np
 import torch
 
-from detector.assign.atss import resolve_multiple_matches
 from detector.assign.batching import DEFAULT_MAX_ELEMENTS, as_padded_batch, finish_batch, one_image
+from detector.assign.centre_windows import centre_grids, rectangle_pairs
+from detector.assign.memo import shared_boxes
 from detector.boxes import _centers, aligned_box_iou_unchecked, safe_divide
 from detector.conventions import ATSS_INSIDE_EPS, BACKGROUND
 from detector.validation import (
+    all_in_unit_interval,
     as_boxes,
     as_pred_boxes,
     as_values,
@@ -90,7 +98,7 @@ def assign_tal(
             not (G,) integers in 0..K-1, ``pred_boxes`` not (A, 4) real numbers or a finite
             inverted row (named), a bad option (named).
     """
-    anchors = as_boxes(anchors, "anchors")
+    anchors = shared_boxes(anchors, "anchors")
     for values, name in ((gt_boxes, "gt_boxes"), (gt_labels, "gt_labels"), (pred_scores, "pred_scores"), (pred_boxes, "pred_boxes")):
         check_same_device(values, anchors, name, "anchors")
     # checked here first, so that errors name this image's rows, as the reference's do
@@ -148,7 +156,7 @@ def assign_tal_batched(
         Assignment with matched_gt (B, A) int64, matched_metric (B, A), gt_threshold
         (B, G_max) NaN, candidate_index (B, G_max, 0) int64.
     """
-    anchors = as_boxes(anchors, "anchors")
+    anchors = shared_boxes(anchors, "anchors")
     anchors, gt_boxes, gt_valid = as_padded_batch(anchors, gt_boxes, gt_valid)
     batch, num_gts = gt_valid.shape
     num_anchors = len(anchors)
@@ -167,24 +175,23 @@ def assign_tal_batched(
     pred_boxes = pred_boxes.detach().to(device=anchors.device, dtype=anchors.dtype)
     gt_labels = gt_labels.to(anchors.device)
 
-    matched_gt = torch.full((batch, num_anchors), BACKGROUND, dtype=torch.int64, device=anchors.device)
-    matched_iou = torch.zeros((batch, num_anchors), dtype=anchors.dtype, device=anchors.device)
-    matched_alignment = torch.zeros_like(matched_iou)
+    grids = centre_grids(anchors)
+    chunk_candidates = []  # per GT chunk, its candidate pairs
     chunk = max(1, max_elements // max(1, batch * num_anchors))
-    for start in range(0, num_gts, chunk):
+    for start in range(0, max(num_gts, 1), chunk):  # one (empty) chunk when there is no GT slot
         part = slice(start, start + chunk)
-        scores = class_scores(pred_scores, gt_labels[:, part])
-        ious = prediction_ious(gt_boxes[:, part], pred_boxes)
+        # the (GT, anchor) pairs with the anchor centre inside the GT, the only eligible ones (§2.4, §2.5)
+        pairs = _inside_pairs(grids, anchors, gt_boxes[:, part], gt_valid[:, part], inside_eps)
+        scores = _pair_scores(pred_scores, gt_labels[:, part], pairs)  # class_scores at the pairs
+        ious = _pair_ious(gt_boxes[:, part], pred_boxes, pairs)  # prediction_ious at the pairs
         metrics = alignment_metrics(scores, ious, alpha, beta)
-        inside = anchors_inside(gt_boxes[:, part], anchors, inside_eps)
-        is_candidate = select_topk(metrics, inside & (metrics > 0) & gt_valid[:, part, None], topk)
-        anchor_index = torch.arange(num_anchors, device=anchors.device).expand(metrics.shape)
-        chunk_gt, chunk_iou = resolve_multiple_matches(anchor_index, ious, is_candidate, num_anchors)
-        chunk_alignment = assigned_values(metrics, chunk_gt)
-        matched_gt, matched_iou, matched_alignment = _merge_chunk(
-            (matched_gt, matched_iou, matched_alignment), (chunk_gt, chunk_iou, chunk_alignment), start
-        )
-    matched_metric = normalized_metrics(matched_gt, matched_alignment, matched_iou, num_gts)
+        candidates = _select_topk_pairs(metrics, metrics > 0, pairs, topk)  # select_topk: (Q,) pair positions
+        chunk_candidates.append(_candidate_values(candidates, pairs, ious, metrics, start))
+    # resolve_multiple_matches and assigned_values over the candidates of every chunk
+    flat, gt, iou, alignment = _best_candidates(chunk_candidates, batch * num_anchors, num_gts)
+    matched_gt = torch.full((batch * num_anchors,), BACKGROUND, dtype=torch.int64, device=anchors.device)
+    matched_gt = matched_gt.index_copy_(0, flat, gt).view(batch, num_anchors)
+    matched_metric = _normalized_winner_metrics(flat, gt, iou, alignment, (batch, num_gts, num_anchors))  # normalized_metrics
     threshold = torch.full((batch, num_gts), math.nan, dtype=anchors.dtype, device=anchors.device)
     candidate_index = torch.zeros((batch, num_gts, 0), dtype=torch.int64, device=anchors.device)
     return finish_batch(matched_gt, matched_metric, threshold, candidate_index, gt_valid)
@@ -309,31 +316,6 @@ def assigned_values(values, matched_gt):
     return torch.where(positive, gathered, 0.0)
 
 
-def _merge_chunk(best, chunk, offset):
-    """Merge a GT chunk's winners into the running ones (detector only; §2.6).
-
-    An anchor moves to the chunk's GT when it has one and its IoU is strictly higher than
-    the running one's (or the anchor had none): equal IoUs keep the earlier chunk, whose
-    GT indices are lower, as the lower-GT-index rule asks.
-
-    Args:
-        best: (matched_gt, matched_iou, matched_alignment), each (B, A): the winners so far.
-        chunk: the same for the chunk, with GT indices counted from the chunk's start.
-        offset: the chunk's first GT index.
-
-    Returns:
-        the merged (matched_gt, matched_iou, matched_alignment).
-    """
-    best_gt, best_iou, best_alignment = best
-    chunk_gt, chunk_iou, chunk_alignment = chunk
-    take = (chunk_gt >= 0) & ((best_gt < 0) | (chunk_iou > best_iou))
-    return (
-        torch.where(take, chunk_gt + offset, best_gt),
-        torch.where(take, chunk_iou, best_iou),
-        torch.where(take, chunk_alignment, best_alignment),
-    )
-
-
 def normalized_metrics(matched_gt, matched_alignment, matched_iou, num_gts):
     """The soft targets ``t_hat = t / T_g * U_g`` (specs/tal.md §2.7).
 
@@ -374,21 +356,26 @@ def _power(values, exponent):
     """``values ** exponent`` for values in [0, 1] and a float exponent >= 0 (§2.3).
 
     An integral exponent in 0..64 by binary exponentiation, from the lowest bit, with
-    ``result`` starting at 1: ``x ** 0 = 1`` (also ``0 ** 0``) and ``x ** 1 = x`` exactly.
-    Other exponents use ``torch.pow``.
+    ``result`` starting at 1: ``x ** 0 = 1`` (also ``0 ** 0``) and ``x ** 1 = x`` exactly (the
+    first factor is taken as it is: ``1 * x = x`` in IEEE arithmetic).
+    Other exponents use the library power: on CPU NumPy's, as the reference (torch's CPU
+    ``pow`` rounds an element differently depending on its position in the tensor, so that
+    equal inputs could get different powers and break a tie), elsewhere ``torch.pow``.
     """
     if not (exponent.is_integer() and exponent <= 64):
+        if values.device.type == "cpu":
+            return torch.from_numpy(np.power(values.contiguous().numpy(), exponent))
         return torch.pow(values, exponent)
-    result = torch.ones_like(values)
+    result = None
     base = values
     remaining = int(exponent)
     while remaining:
         if remaining & 1:
-            result = result * base
+            result = base if result is None else result * base
         remaining >>= 1
         if remaining:
             base = base * base
-    return result
+    return torch.ones_like(values) if result is None else result
 
 
 def _as_scores(scores, name, shape):
@@ -405,8 +392,7 @@ def _as_scores(scores, name, shape):
         raise ValueError(f"{name}: expected shape {expected} with K >= 1 (one row per anchor), got {tuple(tensor.shape)}")
     if tensor.numel() == 0:
         return tensor
-    low, high = torch.aminmax(tensor)  # one reduction in the common case; NaN propagates
-    if not bool((low >= 0) & (high <= 1)):
+    if not all_in_unit_interval(tensor):  # two reductions in the common case
         bad = ~((tensor >= 0) & (tensor <= 1)).all(dim=-1)  # NaN fails both comparisons
         row = _first_index(bad)
         raise ValueError(f"{name}: row {row} has a score that is NaN or outside [0, 1]: {tensor[row].tolist()}")
@@ -444,3 +430,179 @@ def _first_index(mask):
     """Index of the first True entry of a (N,) or (B, N) mask: an int or a (b, n) tuple."""
     index = torch.nonzero(mask)[0].tolist()
     return index[0] if len(index) == 1 else tuple(index)
+
+
+# ---------------------------------------------------------------------------------------
+# detector only: the steps on the (GT, anchor) pairs with the anchor centre inside the GT
+# (specs/tal.md §2.5: no other pair is eligible), found on the anchors' grids
+# (``assign/centre_windows.py``) instead of testing every anchor against every GT. Each value
+# is the same elementwise arithmetic as the dense step's at that pair, so the result is the
+# same to the bit.
+
+
+class _Pairs:
+    """P (GT, anchor) pairs of a chunk of GT slots (B, G_c), slot-major with ascending anchors
+    within a slot: (P,) int64 ``slot`` (``image * G_c + gt``), ``anchor``, ``gt`` (the index in
+    the chunk) and ``flat`` (``image * A + anchor``, a row of the (B * A, ...) predictions)."""
+
+    def __init__(self, slot, anchor, shape, num_anchors):
+        self.slot, self.anchor, self.shape, self.num_anchors = slot, anchor, shape, num_anchors
+        image = torch.div(slot, shape[1], rounding_mode="floor")
+        self.gt = slot - image * shape[1]
+        self.flat = image * num_anchors + anchor
+
+
+def _inside_pairs(grids, anchors, gt_boxes, gt_valid, eps):
+    """``anchors_inside`` as a list: the pairs of a valid GT (B, G_c) and an anchor whose
+    centre is inside it by more than ``eps`` (the same margin arithmetic), found on the
+    anchors' grids (``centre_windows.rectangle_pairs``), or by ``anchors_inside`` itself
+    when the anchors form no grids."""
+    num_anchors = anchors.shape[0]
+    if grids is None:
+        inside = anchors_inside(gt_boxes, anchors, eps) & gt_valid[..., None]
+        slot, anchor = torch.nonzero(inside.reshape(gt_valid.numel(), num_anchors), as_tuple=True)
+    else:
+        slot, anchor = rectangle_pairs(grids, gt_boxes.reshape(-1, 4), gt_valid.reshape(-1), margin=eps)
+    return _Pairs(slot, anchor, tuple(gt_valid.shape), num_anchors)
+
+
+def _pair_scores(pred_scores, gt_labels, pairs):
+    """``class_scores`` at the pairs: (P,) ``pred_scores[b, a, gt_labels[b, g]]``; reads P
+    values of the (B, A, K) scores."""
+    label = gt_labels.reshape(-1).index_select(0, pairs.slot)
+    if not pred_scores.is_contiguous():
+        image = torch.div(pairs.flat, pairs.num_anchors, rounding_mode="floor")
+        return pred_scores[image, pairs.anchor, label]
+    return pred_scores.reshape(-1).index_select(0, pairs.flat * pred_scores.shape[-1] + label)
+
+
+def _pair_ious(gt_boxes, pred_boxes, pairs):
+    """``prediction_ious`` at the pairs: (P,), 0 where the prediction is not finite (the
+    IoU of a finite prediction is the same arithmetic on the same values; torch needs no
+    placeholder rows for the others, which are replaced)."""
+    boxes = pred_boxes.reshape(-1, 4).index_select(0, pairs.flat)  # (P, 4)
+    ious = aligned_box_iou_unchecked(gt_boxes.reshape(-1, 4).index_select(0, pairs.slot), boxes)
+    return torch.where(_finite_rows(boxes), ious, 0.0)
+
+
+def _finite_rows(boxes):
+    """(P, 4) -> (P,) bool, every coordinate finite: ``x - x == 0`` fails exactly for NaN and
+    Inf, and a row of four True bytes read as one int32 is 0x01010101 (cheaper than
+    ``isfinite(...).all(dim=-1)``)."""
+    finite = ((boxes - boxes) == 0).contiguous()
+    return finite.view(torch.int32).squeeze(-1) == 0x01010101
+
+
+#: Above this many eligible pairs, ``_select_topk_pairs`` first drops the pairs below their
+#: GT's k-th largest metric (a float sort costs about 0.1 us a value on one CPU thread).
+PRUNE_ABOVE = 4096
+
+
+def _select_topk_pairs(metrics, eligible, pairs, topk):
+    """``select_topk`` on the pairs: each GT's ``min(topk, #eligible)`` eligible pairs of
+    largest metric, ties to the lower anchor index (specs/tal.md §2.5).
+
+    The eligible pairs are sorted by (slot, metric descending), stably, so that equal
+    metrics keep their anchor order; a pair is a candidate when its rank within its slot is
+    below ``topk``. The sort keys are integers, whose CPU sort is several times faster than
+    a float sort: a positive float's bit pattern orders as its value, so the key of a
+    float32 metric is ``slot * 2**31 + (2**31 - 1 - bits)`` (one sort), and a float64
+    metric is sorted by ``2**63 - 1 - bits``, then stably by slot. Above ``PRUNE_ABOVE``
+    eligible pairs, only those not below their GT's k-th largest metric are sorted
+    (``_not_below_kth``): the others cannot be among its ``topk``.
+
+    Returns:
+        (Q,) int64 positions into the pairs, at most ``topk`` per slot.
+    """
+    index = torch.nonzero(eligible).squeeze(1)
+    if index.shape[0] > PRUNE_ABOVE:
+        index = _not_below_kth(metrics, index, pairs, topk)
+    if index.shape[0] == 0:
+        return index
+    slot = pairs.slot.index_select(0, index)
+    values = metrics.index_select(0, index)  # > 0
+    if values.dtype == torch.float32:
+        key = slot * 2**31 + (2**31 - 1 - values.view(torch.int32).to(torch.int64))
+        order = torch.sort(key, stable=True).indices
+    else:
+        order = torch.sort((2**63 - 1) - values.view(torch.int64), stable=True).indices
+        order = order.index_select(0, torch.sort(slot.index_select(0, order), stable=True).indices)
+    slot = slot.index_select(0, order)
+    counts = torch.bincount(slot, minlength=pairs.shape[0] * pairs.shape[1])
+    rank = torch.arange(slot.shape[0], device=slot.device) - (counts.cumsum(0) - counts).index_select(0, slot)
+    return index.index_select(0, order.index_select(0, torch.nonzero(rank < topk).squeeze(1)))
+
+
+def _not_below_kth(metrics, index, pairs, topk):
+    """The pairs of ``index`` (slot-major) whose metric is at least the ``topk``-th largest of
+    their slot (all of a slot with at most ``topk``): a superset of each slot's candidates.
+
+    The k-th largest value comes from ``torch.topk`` on the slots with more than ``topk``
+    pairs, laid out as rows padded with -inf (the values of ``topk`` are exact; only their
+    order among ties is unspecified).
+    """
+    slot = pairs.slot.index_select(0, index)
+    counts = torch.bincount(slot, minlength=pairs.shape[0] * pairs.shape[1])
+    over = counts > topk
+    num_rows, width = torch.stack([over.sum(), counts.max()]).tolist()
+    if num_rows == 0:
+        return index
+    values = metrics.index_select(0, index)
+    row_of_slot = torch.where(over, over.cumsum(0) - 1, -1)
+    row = row_of_slot.index_select(0, slot)
+    column = torch.arange(index.shape[0], device=index.device) - (counts.cumsum(0) - counts).index_select(0, slot)
+    selected = torch.nonzero(row >= 0).squeeze(1)
+    padded = torch.full((num_rows, width), -math.inf, dtype=values.dtype, device=values.device)
+    padded[row.index_select(0, selected), column.index_select(0, selected)] = values.index_select(0, selected)
+    kth = padded.topk(topk, dim=1).values[:, -1]  # (rows,)
+    keep = (row < 0) | (values >= kth.index_select(0, row.clamp(min=0)))
+    return index.index_select(0, torch.nonzero(keep).squeeze(1))
+
+
+def _candidate_values(candidates, pairs, ious, metrics, first_gt):
+    """The candidate pairs of a chunk as (flat anchor ``b * A + a``, GT index counted from
+    ``first_gt``, IoU ``u``, metric ``t``), each (Q,), for ``_best_candidates``."""
+    flat = pairs.flat.index_select(0, candidates)
+    gt = pairs.gt.index_select(0, candidates) + first_gt
+    return flat, gt, ious.index_select(0, candidates), metrics.index_select(0, candidates)
+
+
+def _best_candidates(candidates, size, num_gts):
+    """``resolve_multiple_matches`` on lists of candidate pairs (§2.6): each anchor goes to its
+    candidate of highest IoU, then of lowest GT index (two scatter reductions over the ``size``
+    = B * A anchors, as ``resolve_multiple_matches``). The candidates of every GT chunk are
+    resolved at once, so the chunk size does not matter.
+
+    Args:
+        candidates: list of (flat anchor, GT index, IoU, metric) tuples of (Q,) tensors.
+        size: B * A.
+        num_gts: G_max (above every GT index).
+
+    Returns:
+        (flat anchor, GT index, IoU, metric) of the winning pairs, one per positive anchor.
+    """
+    if len(candidates) > 1:
+        candidates = [tuple(torch.cat(parts) for parts in zip(*candidates))]
+    flat, gt, iou, metric = candidates[0]
+    best = torch.full((size,), -math.inf, dtype=iou.dtype, device=iou.device).scatter_reduce_(0, flat, iou, "amax")
+    is_best = iou == best.index_select(0, flat)
+    winner = torch.full((size,), num_gts, dtype=torch.int64, device=gt.device)
+    winner.scatter_reduce_(0, flat, torch.where(is_best, gt, num_gts), "amin")
+    wins = torch.nonzero(is_best & (gt == winner.index_select(0, flat))).squeeze(1)
+    return tuple(values.index_select(0, wins) for values in (flat, gt, iou, metric))
+
+
+def _normalized_winner_metrics(flat, gt, iou, alignment, shape):
+    """``normalized_metrics`` from the winning pairs (the final positives), as (B, A): the same
+    maxima ``T_g``, ``U_g`` (``normalized_metrics`` adds only zeros for background, which
+    cannot raise a maximum of values >= 0) and the same ``(t / T_g) * U_g``; 0 for
+    background."""
+    batch, num_gts, num_anchors = shape
+    out = torch.zeros(batch * num_anchors, dtype=alignment.dtype, device=alignment.device)
+    if num_gts == 0:
+        return out.view(batch, num_anchors)
+    slot = torch.div(flat, num_anchors, rounding_mode="floor") * num_gts + gt
+    zeros = torch.zeros(batch * num_gts, dtype=alignment.dtype, device=alignment.device)
+    best_alignment = zeros.scatter_reduce(0, slot, alignment, "amax").index_select(0, slot)
+    best_iou = zeros.scatter_reduce(0, slot, iou, "amax").index_select(0, slot)
+    return out.index_copy_(0, flat, (alignment / best_alignment) * best_iou).view(batch, num_anchors)
