@@ -218,7 +218,7 @@ def run(args):
     """Rows ``(step, G, B, device, torch s/image, {baseline: s/image})``."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
     sizes = args.sizes or ((5, 20) if args.quick else (1, 5, 20, 100, 1000))
-    wanted = set(args.only or [*torch_calls(scene(1, 1), "cpu"), "loss step"])
+    wanted = set(args.only or [*torch_calls(scene(1, 1), "cpu"), "loss step"])  # names checked by main
     rows = []
     for num_gts in sizes:
         s1 = scene(num_gts, 1)
@@ -294,6 +294,10 @@ def main(argv=None):
     parser.add_argument("--steps", action="store_true", help="time whole training steps instead (step_benchmark.py)")
     parser.add_argument("--step-repeats", type=int, default=10, help="timed steps per detector with --steps")
     args = parser.parse_args(argv)
+    known = [*torch_calls(scene(1, 1), "cpu"), "loss step"]
+    unknown = sorted(set(args.only or ()) - set(known))
+    if unknown:
+        parser.error(f"--only: unknown rows {unknown}; expected some of {known}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.steps:

@@ -221,15 +221,23 @@ def simota_loop(anchors, gt_boxes, gt_labels, pred_boxes, pred_scores, center_ra
         in_box = np.minimum(np.minimum(x - box[0], y - box[1]), np.minimum(box[2] - x, box[3] - y)) > 0
         in_center = np.minimum(np.minimum(x - (gx - r), y - (gy - r)), np.minimum((gx + r) - x, (gy + r) - y)) > 0
         cost = cls_weight * cls_cost + iou_weight * -np.log(iou + 1e-8) + np.where(in_box & in_center, 0.0, 1e5)
-        k = max(1, int(np.partition(iou, len(iou) - q)[len(iou) - q :].sum()))
-        pick = _cheapest(cost, k)
-        count[pick] += 1
-        chooser[pick] = g
-        lower = cost < best_cost
-        best_cost[lower] = cost[lower]
-        best_gt[lower] = g
+        _take_dynamic_k(g, cost, iou, q, count, chooser, best_cost, best_gt)
     matched[candidates] = np.where(count > 1, best_gt, chooser)  # the global conflict step
     return matched
+
+
+def _take_dynamic_k(g, cost, iou, q, count, chooser, best_cost, best_gt):
+    """GT ``g``'s dynamic-k step, shared by ``simota_loop`` and ``dsl_loop``: its
+    ``max(1, int(sum of its q largest IoUs))`` cheapest candidates are counted and remember
+    ``g`` (the last chooser), and each candidate's running lowest cost (strict ``<``: the
+    lower GT keeps ties) is updated in place."""
+    k = max(1, int(np.partition(iou, len(iou) - q)[len(iou) - q :].sum()))
+    pick = _cheapest(cost, k)
+    count[pick] += 1
+    chooser[pick] = g
+    lower = cost < best_cost
+    best_cost[lower] = cost[lower]
+    best_gt[lower] = g
 
 
 def dsl_loop(anchors, gt_boxes, gt_labels, pred_boxes, pred_scores, topk=13, soft_center_radius=3.0, iou_weight=3.0):
@@ -272,12 +280,6 @@ def dsl_loop(anchors, gt_boxes, gt_labels, pred_boxes, pred_scores, topk=13, sof
         cls_cost = (negative_total - negative[:, c]) + bce * (iou - p) ** 2
         distance = np.sqrt((x - (box[0] + box[2]) / 2) ** 2 + (y - (box[1] + box[3]) / 2) ** 2) / stride
         cost = cls_cost + -np.log(iou + 1e-7) * iou_weight + np.power(10.0, distance - soft_center_radius)
-        k = max(1, int(np.partition(iou, len(iou) - q)[len(iou) - q :].sum()))
-        pick = _cheapest(cost, k)
-        count[pick] += 1
-        chooser[pick] = g
-        lower = cost < best_cost
-        best_cost[lower] = cost[lower]
-        best_gt[lower] = g
+        _take_dynamic_k(g, cost, iou, q, count, chooser, best_cost, best_gt)
     matched[priors] = np.where(count > 1, best_gt, chooser)  # the global conflict step
     return matched
