@@ -171,7 +171,10 @@ class DataConfig:
     ``min_size``: training shorter sides, one drawn per image; ``min_size_range`` (lo, hi),
     when set, replaces it with every integer in [lo, hi] (the official ATSS / Dynamic ATSS
     ``MIN_SIZE_RANGE_TRAIN``). ``drop_empty_train``: leave images without annotations out of
-    the training split (the official codes do; evaluation keeps them).
+    the training split (the official codes do; evaluation keeps them). ``cache_images``: read
+    every training image once, at start, and keep its 8-bit pixels in memory (for datasets
+    that fit: refused when they would take more than half of the available memory;
+    specs/data.md §2); the batches are the same as without it.
 
     ``seed``: the seed the built-in dataset is generated from; None (the default) uses the
     run's ``seed``, so that a config names one dataset. A study that varies the training
@@ -199,6 +202,7 @@ class DataConfig:
     test_min_size: int = 800
     flip: float = 0.5
     num_workers: int = 2
+    cache_images: bool = False
     drop_empty_train: bool = False
     crowd: str = "drop"
     seed: typing.Optional[int] = None
@@ -896,9 +900,10 @@ def _prediction_aware_configs():
             for name, options in PREDICTION_AWARE.items()]
 
 
-def _demo_configs():
-    """Small models for the built-in digits dataset on a CPU (specs/training.md §6)."""
-    demo = Config(
+def _demo_base():
+    """The digits demo's model, data and solver on one thread: what every CPU demo other than
+    ``demo`` itself and the studies derive from (docs/configs.md, "CPU demos")."""
+    return Config(
         name="demo",
         description="tiny Dynamic ATSS detector (combined IoUs + QFL + IoU branch) on the built-in digits, CPU",
         reproduces="demo (no paper row)",
@@ -911,12 +916,17 @@ def _demo_configs():
         inference=InferenceConfig(score_mode="sqrt"),
         data=DataConfig(dataset="digits", min_size=(128,), max_size=128, test_min_size=128, flip=0.0, num_workers=0,
                         digits_num_train=1500, digits_num_val=200, digits_image_size=128, digits_max_objects=4,
-                        digits_object_size=(24.0, 64.0), digits_aspect_ratio=(0.67, 1.5)),
+                        digits_object_size=(24.0, 64.0), digits_aspect_ratio=(0.67, 1.5), cache_images=True),
         solver=SolverConfig(batch_size=16, lr=0.04, epochs=24, steps=(18, 22), warmup_iters=100, warmup_ratio=0.01,
                             weight_decay=1e-4, grad_clip_norm=10.0),
         eval_batch_size=32,
-        threads=1,  # measured fastest on a shared 2-core CPU (2 threads collapse under load)
+        threads=1,  # 2 threads collapse when other work shares a 2-core CPU (docs/benchmarks.md)
     )
+
+
+def _demo_configs():
+    """Small models for the built-in digits dataset on a CPU (specs/training.md §6)."""
+    demo = _demo_base()
     demo_atss = replace(demo, name="demo_atss", description="tiny ATSS detector (anchor IoUs, focal, centerness) on digits, CPU",
                         assign=AtssOptions(), loss=LossConfig(cls="focal"),
                         head=replace(demo.head, quality="centerness"))
@@ -941,7 +951,11 @@ def _demo_configs():
                 description=f"tiny detector with the {name} assigner (QFL on its soft targets) on digits, CPU")
         for name, options in PREDICTION_AWARE.items()
     ]
-    return [demo, demo_atss, demo_piou, study_atss, study_piou, *prediction_aware]
+    # `tox -e demo`: two threads, 1.6x faster per step than one on an idle 2-core CPU
+    # (docs/benchmarks.md, "The CPU demo's wall time"); not NHWC, which crashes at 2 threads
+    # in this torch build (specs/training.md §3)
+    demo_fast = replace(demo, threads=2)
+    return [demo_fast, demo_atss, demo_piou, study_atss, study_piou, *prediction_aware]
 
 
 def _gfl_configs():
@@ -961,7 +975,7 @@ def _gfl_configs():
         config = _atss(name, description, reproduces, assign=assign, loss=qfl, quality="none", score_mode="cls")
         return replace(config, head=replace(config.head, type=head_type))
 
-    demo = next(c for c in _demo_configs() if c.name == "demo")
+    demo = _demo_base()
     demo_gflv2 = replace(
         demo, name="demo_gflv2", description="tiny GFLV2 detector (ATSS, joint QFL score, GIoU + DFL, DGQP) on digits, CPU",
         reproduces="demo of the GFLV2 head (no paper row)", head=replace(demo.head, type="gflv2", quality="none"),
@@ -1018,7 +1032,7 @@ def _retinanet_configs(piou):
         head=RETINANET_HEAD, assign=RETINANET_ASSIGN, loss=RETINANET_LOSS, inference=RETINANET_INFERENCE,
         data=COCO_DATA, solver=SolverConfig(),
     )
-    demo = next(c for c in _demo_configs() if c.name == "demo")
+    demo = _demo_base()
     demo_retinanet = replace(
         demo, name="demo_retinanet", reproduces="demo of the RetinaNet head (no paper row)",
         description="tiny RetinaNet (9 anchors/location, max-IoU, focal + L1 on deltas, no GN) on digits, CPU",
@@ -1045,7 +1059,7 @@ def _vfnet_configs():
         config = _atss(name, description, reproduces, assign=assign, loss=vfl, quality="none", score_mode="cls")
         return replace(config, head=replace(config.head, type="vfnet", depth=3))
 
-    demo = next(c for c in _demo_configs() if c.name == "demo")
+    demo = _demo_base()
     demo_vfnet = replace(
         demo, name="demo_vfnet", description="tiny VFNet detector (ATSS, star deformable refinement, VFL) on digits, CPU",
         reproduces="demo of the VFNet head (no paper row)", head=replace(demo.head, type="vfnet", quality="none"),

@@ -4,12 +4,17 @@ Shared by ``detector/train.py`` and ``detector/evaluate.py``; every helper is a 
 identity in a single process.
 """
 import contextlib
+import ctypes
+import logging
 import os
+import platform
 import random
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
 
 
 def select_device(name="auto"):
@@ -25,6 +30,29 @@ def select_device(name="auto"):
 def set_threads(threads):
     """torch's intra-op threads: ``threads`` if > 0, else every core of the machine."""
     torch.set_num_threads(threads if threads > 0 else max(1, os.cpu_count() or 1))
+
+
+#: glibc ``mallopt`` parameters and the values ``keep_freed_memory`` sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's largest: blocks up to 32 MiB come from the heap
+TRIM_THRESHOLD_BYTES = 2**30  # up to 1 GiB of freed heap stays in the process
+
+
+def keep_freed_memory():
+    """Let glibc's allocator keep and reuse the memory a training step frees (Linux).
+
+    By default glibc returns freed blocks of a few MiB to the system (``mmap`` threshold,
+    heap trimming), so every step's activations are mapped afresh and every page of them is
+    faulted in again: on the CPU demo about 3,000 page faults per step, 5-10 % of its time
+    (docs/benchmarks.md). ``mallopt`` raises both thresholds for this process; memory then
+    stays at the peak of a step instead of dropping between steps. Returns True when applied,
+    False on other C libraries (nothing changed). Values: specs/training.md §6.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    applied = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+    return libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1 and applied
 
 
 def seed_everything(seed):
@@ -115,8 +143,17 @@ def gradient_scaler(device, amp):
 
 def prepare_model(model, channels_last=False, compile_model=False):
     """``solver.channels_last`` (NHWC weights; the images follow in ``engine.train_step``) and
-    ``solver.compile`` (``torch.compile`` of the forward pass) applied to a wrapped model."""
+    ``solver.compile`` (``torch.compile`` of the forward pass) applied to a wrapped model.
+
+    NHWC on a CPU with more than one thread logs a warning: oneDNN's 1x1-convolution weight
+    gradient can crash there in this torch build (specs/training.md §3).
+    """
     if channels_last:
+        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+        if on_cpu and torch.get_num_threads() > 1:
+            logger.warning("solver.channels_last with %d threads on a CPU can crash (a segmentation fault in "
+                           "oneDNN's 1x1-convolution gradient, specs/training.md §3); threads=1 avoids it",
+                           torch.get_num_threads())
         model = model.to(memory_format=torch.channels_last)
     if compile_model:
         model = torch.compile(model)

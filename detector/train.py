@@ -123,6 +123,7 @@ def _setup(config, run_dir):
     runtime.setup_distributed(device)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     runtime.set_threads(config.threads)
+    runtime.keep_freed_memory()
     runtime.seed_everything(config.seed + runtime.rank())
     data = build_datasets(config)
     model = runtime.wrap_model(Detector(config, data.num_classes).to(device), device)

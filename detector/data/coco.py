@@ -49,7 +49,8 @@ class CocoDetection(torch.utils.data.Dataset):
     then has no GT, for inference only.
     """
 
-    def __init__(self, image_dir, ann_file, *, transforms=None, crowd="drop", annotations_required=True):
+    def __init__(self, image_dir, ann_file, *, transforms=None, crowd="drop", annotations_required=True,
+                 cache_images=False):
         if crowd not in CROWD_MODES:
             raise ValueError(f"crowd: expected one of {CROWD_MODES}, got {crowd!r}")
         self.image_dir = Path(image_dir)
@@ -74,6 +75,8 @@ class CocoDetection(torch.utils.data.Dataset):
             logger.warning("%s: dropped %d degenerate annotation(s) (non-finite, or w <= 0 or h <= 0 after "
                            "clipping to the image): annotation ids %s%s", self.ann_file, self.num_dropped_degenerate,
                            shown, more)
+
+        self._pixels = self._read_all_pixels() if cache_images else None
 
     def __len__(self):
         return len(self.image_ids)
@@ -108,16 +111,39 @@ class CocoDetection(torch.utils.data.Dataset):
         }
 
     def _load_image(self, image_id):
-        """(3, H, W) float32 RGB in [0, 1]."""
+        """(3, H, W) float32 RGB in [0, 1]: from the in-memory cache when there is one."""
+        pixels = self._pixels[image_id] if self._pixels is not None else self._read_pixels(image_id)
+        return pixels_to_float(pixels)
+
+    def _read_pixels(self, image_id):
+        """(3, H, W) pixels of one image file (``read_pixels``), checked against its entry."""
         info = self._images[image_id]
         path = self.image_dir / info["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"image {image_id}: file not found: {path}")
-        image = decode_image(path, image_id)
-        if tuple(image.shape[1:]) != (info["height"], info["width"]):
-            raise ValueError(f"{path}: image is {image.shape[1]}x{image.shape[2]} (HxW) but {self.ann_file} "
+        pixels = read_pixels(path, image_id)
+        if tuple(pixels.shape[1:]) != (info["height"], info["width"]):
+            raise ValueError(f"{path}: image is {pixels.shape[1]}x{pixels.shape[2]} (HxW) but {self.ann_file} "
                              f"says {info['height']}x{info['width']} for image id {image_id}")
-        return image
+        return pixels
+
+    def _read_all_pixels(self):
+        """{image id: pixels} of every image, read once (``cache_images=True``, specs/data.md §2).
+
+        Refused with one ValueError when the 8-bit pixels alone would take more than half of
+        the memory the machine has available.
+        """
+        needed = sum(3 * info["height"] * info["width"] for info in self._images.values())
+        available = available_memory_bytes()
+        if available is not None and needed > available / 2:
+            raise ValueError(f"data.cache_images: the {len(self._images)} images of {self.ann_file} need "
+                             f"{needed / 2**30:.1f} GiB in memory, more than half of the {available / 2**30:.1f} GiB "
+                             "available; set data.cache_images=false")
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL
+            pixels = list(pool.map(self._read_pixels, self.image_ids))  # the first bad image, in order, raises
+        return dict(zip(self.image_ids, pixels))
 
 
 #: PIL modes of 16-bit single-channel images (PNG, TIFF): scaled by 1 / 65535, not saturated.
@@ -132,6 +158,21 @@ def decode_image(path, image_id=None):
     they keep their dynamic range. Anything PIL cannot decode (a truncated or garbage file)
     and modes without a meaningful [0, 1] scale (32-bit integer or float images) raise
     ValueError naming the file and the image id.
+    """
+    return pixels_to_float(read_pixels(path, image_id))
+
+
+def pixels_to_float(pixels):
+    """(3, H, W) float32 in [0, 1] from ``read_pixels``'s output: uint8 divided by 255, a
+    float32 (16-bit) image copied, so the caller may modify the result."""
+    return pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels.clone()
+
+
+def read_pixels(path, image_id=None):
+    """(3, H, W) pixels of an image file, before scaling (``decode_image`` scales them).
+
+    uint8 RGB for 8-bit images; float32 in [0, 1] for 16-bit single-channel images (already
+    divided by 65535, repeated over the 3 channels). Errors as ``decode_image``.
     """
     where = f"{path}" + (f" (image id {image_id})" if image_id is not None else "")
     try:
@@ -151,7 +192,16 @@ def decode_image(path, image_id=None):
         raise
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"{where}: cannot decode the image: {error}") from None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def available_memory_bytes():
+    """Bytes of memory available to new allocations (Linux ``SC_AVPHYS_PAGES``), or None
+    where the platform does not say."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _read_json(path, annotations_required=True):

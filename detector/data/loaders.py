@@ -104,7 +104,8 @@ def build_datasets(config, *, val_images=None, val_annotations=None):
     train_images, train_annotations, default_val_images, default_val_annotations = dataset_paths(config)
     val_images = val_images or default_val_images
     val_annotations = val_annotations or default_val_annotations
-    train = CocoDetection(train_images, train_annotations, crowd=config.data.crowd)
+    train = CocoDetection(train_images, train_annotations, crowd=config.data.crowd,
+                          cache_images=config.data.cache_images)
     if config.data.drop_empty_train:
         keep = [i for i in range(len(train)) if len(train.get_target(i)["boxes"]) > 0]
         train_set = torch.utils.data.Subset(train, keep)

@@ -66,8 +66,11 @@ class Resize:
     def __call__(self, image, target):
         height, width = image.shape[-2:]
         new_h, new_w = self.output_size(height, width, self._choose_min_size())
-        resized = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
-                                antialias=new_h < height or new_w < width)[0]
+        if (new_h, new_w) == (height, width):  # bilinear resampling to the same size is the identity
+            resized = image.clone()
+        else:
+            resized = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
+                                    antialias=new_h < height or new_w < width)[0]
         sx, sy = new_w / width, new_h / height
         target = scale_boxes(target, sx, sy)
         old_sx, old_sy = target.get("scale_factor", (1.0, 1.0))

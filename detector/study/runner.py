@@ -34,7 +34,7 @@ from detector.files import write_json_atomically
 EXECUTORS = ("local", "slurm", "submitit-local", "submitit-debug")
 #: Fields of a config that do not change its result (left out of the run key).
 VOLATILE_FIELDS = {"name", "description", "reproduces", "device", "threads", "output_dir", "log_every", "eval_batch_size"}
-VOLATILE_DATA_FIELDS = {"root", "num_workers"}
+VOLATILE_DATA_FIELDS = {"root", "num_workers", "cache_images"}
 #: A run's curves keep at most this many points (window means of the per-iteration log).
 CURVE_POINTS = 100
 #: Logged keys kept in the curves of a run result.

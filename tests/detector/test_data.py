@@ -227,6 +227,38 @@ def test_loader_image_size_disagrees_with_json(tmp_path):
         dataset[1]
 
 
+def test_image_cache_reads_each_file_once_and_returns_the_same_items(tmp_path):
+    image_dir, ann_file = _write_coco(tmp_path)
+    # a 16-bit image among them: the cache keeps its scaled float pixels
+    Image.fromarray(np.linspace(0, 65535, 16 * 16).astype(np.uint16).reshape(16, 16)).save(image_dir / "b.png")
+    plain = CocoDetection(image_dir, ann_file)
+    expected_items = [plain[index] for index in range(len(plain))]
+    cached = CocoDetection(image_dir, ann_file, cache_images=True)
+    for path in image_dir.iterdir():  # everything was read at construction
+        path.unlink()
+    for index, (expected, expected_target) in enumerate(expected_items):
+        image, target = cached[index]
+        assert torch.equal(image, expected) and image.stride() == expected.stride()
+        torch.testing.assert_close(target["boxes"], expected_target["boxes"])
+        image.add_(1.0)  # callers may modify what they get: the cache keeps its own pixels
+        assert torch.equal(cached[index][0], expected)
+    with pytest.raises(FileNotFoundError):
+        plain[0]
+
+
+def test_image_cache_refuses_what_does_not_fit_and_reports_missing_files_at_start(tmp_path, monkeypatch):
+    from detector.data import coco
+
+    image_dir, ann_file = _write_coco(tmp_path)
+    monkeypatch.setattr(coco, "available_memory_bytes", lambda: 2 * 3 * (20 * 30 + 16 * 16 + 24 * 24) - 1)
+    with pytest.raises(ValueError, match=r"data\.cache_images: the 3 images of .*instances\.json need"):
+        CocoDetection(image_dir, ann_file, cache_images=True)
+    monkeypatch.setattr(coco, "available_memory_bytes", lambda: None)  # platform does not say: no check
+    (image_dir / "c.png").unlink()
+    with pytest.raises(FileNotFoundError, match="c.png"):
+        CocoDetection(image_dir, ann_file, cache_images=True)
+
+
 def test_loader_applies_transforms(coco_files):
     dataset = CocoDetection(*coco_files, transforms=Resize(40, 1000))
     image, target = dataset[1]
@@ -469,6 +501,16 @@ def test_resize_upscale_keeps_boxes_on_the_marker():
     torch.testing.assert_close(_marker_box(resized), out["boxes"])
     torch.testing.assert_close(out["ignore_boxes"], torch.tensor([[0.0, 0.0, 4.0, 4.0]]))
     assert out["scale_factor"] == (2.0, 2.0)
+
+
+def test_resize_to_the_same_size_returns_an_equal_copy():
+    image, target = _marker(40, 60, (5, 10, 25, 20))
+    resized, out = Resize(40, 200)(image, target)
+    expected = torch.nn.functional.interpolate(image[None], size=(40, 60), mode="bilinear", align_corners=False)[0]
+    assert torch.equal(resized, expected) and torch.equal(resized, image)
+    assert resized.data_ptr() != image.data_ptr()
+    torch.testing.assert_close(out["boxes"], target["boxes"])
+    assert out["scale_factor"] == (1.0, 1.0)
 
 
 def test_resize_caps_the_longer_side():
