@@ -317,8 +317,9 @@ def main(argv=None):
         if args.markdown:
             args.markdown.write_text(text + "\n")
         return
-    torch.set_grad_enabled(False)
-    text = f"Machine: {machine()}\nScene: {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, strides 8..128, 22,300 anchors/points\n\n" + table(run(args))
+    with torch.no_grad():  # the fwd+bwd rows enable gradients where they need them
+        rows = run(args)
+    text = f"Machine: {machine()}\nScene: {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, strides 8..128, 22,300 anchors/points\n\n" + table(rows)
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")

@@ -14,7 +14,10 @@ pytestmark = pytest.mark.torch
 
 
 def test_one_loss_step_and_one_assigner_cell(tmp_path):
+    import torch
+
     out = tmp_path / "table.md"
+    threads = torch.get_num_threads()
     benchmark.main(["--quick", "--sizes", "1", "--only", "fcos", "loss step", "--repeats", "1",
                     "--repeats-reference", "1", "--no-cuda", "--markdown", str(out)])
     text = out.read_text()
@@ -28,3 +31,4 @@ def test_one_loss_step_and_one_assigner_cell(tmp_path):
     for floor in ("read floor", "exp floor"):  # both floors measured, in floors of the row's own time
         assert float(fwd_bwd[f"{floor} ms/image"]) > 0 and float(fwd_bwd["torch ms/image"]) > 0
     assert float(dict(zip(header, rows["fcos"]))["torchvision ms/image"]) > 0
+    assert torch.is_grad_enabled() and torch.get_num_threads() == threads  # no global state left behind
