@@ -196,8 +196,14 @@ def read_pixels(path, image_id=None):
 
 
 def available_memory_bytes():
-    """Bytes of memory available to new allocations (Linux ``SC_AVPHYS_PAGES``), or None
-    where the platform does not say."""
+    """Bytes of memory available to new allocations without swapping, or None where the
+    platform does not say: Linux's ``MemAvailable`` (free memory plus the page cache it can
+    drop), else the free pages of ``sysconf``."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

@@ -762,3 +762,17 @@ def test_train_check_data_command(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("cannot decode") == 2 and "2 problem(s) found" in err  # train and val name the same file
+
+
+def test_available_memory_is_a_positive_byte_count_on_linux():
+    import platform
+
+    from detector.data.coco import available_memory_bytes
+
+    available = available_memory_bytes()
+    if platform.system() == "Linux":
+        with open("/proc/meminfo") as f:
+            total = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+        assert 0 < available <= total
+    else:
+        assert available is None or available > 0
