@@ -37,7 +37,7 @@ import torch
 from detector import configs, runtime
 from detector.assign.atss import candidate_ious
 from detector.assign.dynamic_atss import combine_ious, predicted_ious
-from detector.boxes import box_iou
+from detector.boxes import aligned_box_iou_unchecked, box_iou
 from detector.checkpoint import load_checkpoint
 from detector.conventions import IGNORE
 from detector.data.coco import CocoDetection, decode_image
@@ -50,6 +50,7 @@ from detector.modeling.assigners import (
     AtssOptions,
     DynamicAtssOptions,
     FcosOptions,
+    MaxIouOptions,
     assign,
     dynamic_weights,
 )
@@ -119,10 +120,12 @@ class Explanation:
         thresholds: (G,) each GT's threshold (``Assignment.gt_threshold``; NaN where none).
         candidates: G arrays (C_g,) of location indices, each GT's candidates in the
             assigner's order (ATSS family: ``candidate_index``; anchor-free: the points of
-            steps 1-3, the ``all_inside`` rule, whose GT is this one).
+            steps 1-3, the ``all_inside`` rule, whose GT is this one; max-IoU: the anchors
+            whose IoU with the GT is at least ``neg_iou_thr``, and its low-quality matches,
+            in location order; TAL, SimOTA, DSL: the selected anchors).
         candidate_values: G dicts {name: (C_g,) values} aligned with ``candidates``:
-            ``anchor_iou`` (ATSS family), ``pred_iou`` and ``combined_iou`` (Dynamic ATSS),
-            ``pseudo_iou`` (anchor-free).
+            ``anchor_iou`` (ATSS family, max-IoU), ``pred_iou`` and ``combined_iou``
+            (Dynamic ATSS), ``pseudo_iou`` (anchor-free).
         weights: (w_p, w_a) of Dynamic ATSS at ``iteration``, else None.
         atss_thresholds: (G,) plain ATSS's thresholds (Dynamic ATSS only, same ``topk``).
         atss_matched_gt: (A,) plain ATSS's assignment (Dynamic ATSS only, ignore regions
@@ -370,6 +373,14 @@ def _candidate_values(options, priors, targets, assignment, pred_boxes, iteratio
         matched, metric = steps.matched_gt[0], steps.matched_metric[0]
         candidates = [torch.nonzero(matched == g).flatten().numpy() for g in range(num_gts)]
         return candidates, [{"pseudo_iou": metric[c].numpy()} for c in candidates]
+    if isinstance(options, MaxIouOptions):  # each GT's anchors it does not leave to background
+        gt_boxes = targets.gt_boxes[0, :num_gts].to(priors.anchors.dtype)
+        ious = aligned_box_iou_unchecked(gt_boxes[:, None, :], priors.anchors[None, :, :])  # (G, A), as the assigner
+        matched = assignment.matched_gt[0]
+        # IoU >= neg_iou_thr (positive or ignored by this GT), or matched to it as a low-quality match
+        candidates = [torch.nonzero((ious[g] >= options.neg_iou_thr) | (matched == g)).flatten().numpy()
+                      for g in range(num_gts)]
+        return candidates, [{"anchor_iou": ious[g, c].numpy()} for g, c in enumerate(candidates)]
     if assignment.candidate_index.shape[-1] > 0:  # TAL, SimOTA, DSL: each GT's selected anchors, -1 padded
         index = assignment.candidate_index[0]
         candidates = [index[g][index[g] >= 0].numpy() for g in range(num_gts)]
@@ -420,8 +431,8 @@ def _gt_of_location(explanation, location):
 
 
 def draw_explanation(explanation, *, level_colors=LEVEL_COLORS, show_background=False, title=None, figure=None):
-    """The picture of an ``Explanation``: the image panel, and for the ATSS family (and
-    Pseudo-IoU) one small plot per GT of its candidates' values with the threshold line.
+    """The picture of an ``Explanation``: the image panel, and for the ATSS family, max-IoU
+    and Pseudo-IoU one small plot per GT of its candidates' values with the threshold line.
 
     Artists carry ``gid`` s naming what they show (``positives-gt{g}``,
     ``candidates-gt{g}-level{l}``, ``ignored``, ``gt-box{g}``, ``pseudo-box``,
@@ -555,6 +566,9 @@ def _draw_candidate_plot(axis, e, g, level_colors):
     threshold = float(e.thresholds[g])
     if (e.anchors is not None or e.assigner == "pseudo_iou") and math.isfinite(threshold):
         axis.axhline(threshold, color=color, linewidth=1.4, gid=f"threshold-gt{g}", label=f"threshold {threshold:.3f}")
+    if isinstance(e.options, MaxIouOptions):
+        axis.axhline(e.options.neg_iou_thr, color="0.4", linestyle="--", linewidth=1.0,
+                     label=f"negative below {e.options.neg_iou_thr:.3f}")
     if e.atss_thresholds is not None and math.isfinite(float(e.atss_thresholds[g])):
         axis.axhline(float(e.atss_thresholds[g]), color="0.4", linestyle="--", linewidth=1.0,
                      label=f"ATSS threshold {float(e.atss_thresholds[g]):.3f} (anchor IoU)")
@@ -567,7 +581,8 @@ def _draw_candidate_plot(axis, e, g, level_colors):
         if "combined_iou" in values and e.weights is not None:
             heading += f", w_p={e.weights[0]:g}, w_a={e.weights[1]:g}"
     axis.set_title(heading, fontsize=8, color="k")
-    axis.set_xlabel("candidate (level by level, nearest first)", fontsize=7)
+    order_words = "in location order" if isinstance(e.options, MaxIouOptions) else "nearest first"
+    axis.set_xlabel(f"candidate (level by level, {order_words})", fontsize=7)
     axis.set_ylabel("IoU", fontsize=7)
     axis.tick_params(labelsize=7)
     axis.grid(True, alpha=0.3)

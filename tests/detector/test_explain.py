@@ -139,6 +139,26 @@ def test_atss_values_and_thresholds(scene):
         assert [len(c) for c in e.candidates_by_level(g)] == [9] * len(e.level_strides)
 
 
+def test_max_iou_candidates_are_the_anchors_within_reach_of_each_gt(scene):
+    """RetinaNet's max-IoU: a GT's candidates are its anchors at IoU >= neg_iou_thr (and its
+    low-quality matches), with their anchor IoUs; the positives are among them."""
+    import torchvision
+
+    image, target = scene
+    config = tiny("demo_retinanet")
+    e = explain_assignment(config, image, target, normalized=False)
+    ious = torchvision.ops.box_iou(torch.as_tensor(e.gt_boxes, dtype=torch.float32),
+                                   torch.as_tensor(e.anchors, dtype=torch.float32)).numpy()
+    figure = draw_explanation(e)
+    for g in range(len(BOXES)):
+        expected = np.flatnonzero((ious[g] >= config.assign.neg_iou_thr - 1e-6) | (e.matched_gt == g))
+        np.testing.assert_array_equal(e.candidates[g], expected)
+        np.testing.assert_allclose(e.candidate_values[g]["anchor_iou"], ious[g, expected], atol=1e-6)
+        assert set(e.positives(g).tolist()) <= set(e.candidates[g].tolist()) and len(e.positives(g)) > 0
+        assert e.thresholds[g] == config.assign.pos_iou_thr
+        assert any(line.get_gid() == f"threshold-gt{g}" for axis in figure.axes for line in axis.lines)
+
+
 def test_dynamic_atss_parts_and_reference(scene):
     image, target = scene
     config = tiny("demo", "assign.pred_weight=0.5")
