@@ -48,7 +48,10 @@ def main(argv=None):
     from detector.modeling import Detector
 
     after_project = report("import the project", after_vision)
+    from detector import runtime
+
     torch.set_num_threads(args.threads)
+    runtime.keep_freed_memory()  # as a training run does
     size = args.size
     config = get_config(args.config, [f"data.min_size={size}", f"data.max_size={size}", f"data.test_min_size={size}",
                                       f"data.digits_image_size={size}", "data.digits_num_train=200",

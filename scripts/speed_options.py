@@ -62,6 +62,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     base = configs.get_config(args.config, ["data.num_workers=0", *args.overrides])
     runtime.set_threads(args.threads)
+    runtime.keep_freed_memory()  # as a training run does
     device = runtime.select_device(base.device)
     data = build_datasets(base)
     loader = train_loader(base, data.train, epoch=0)
