@@ -118,6 +118,59 @@ def all_in_unit_interval(tensor):
     return bool((tensor.amin() >= 0) & (tensor.amax() <= 1))
 
 
+
+def as_class_scores(scores, name, shape):
+    """Class probabilities of the prediction-aware assigners (TAL, SimOTA, DSL): a tensor of
+    shape ``shape + (K,)`` (``shape`` is ``(A,)``, or ``(B, A)`` when batched), K >= 1, every
+    value in [0, 1] (so finite) -> float tensor.
+
+    Values in [0, 1] are finite, so one test (``all_in_unit_interval``, two reductions) passes
+    good scores; only when it fails is the bad value searched for, to be named.
+
+    Raises:
+        ValueError: a wrong dtype or shape; a value that is NaN, Inf or outside [0, 1], naming
+            its row (an int, or a (b, a) tuple when batched) and class.
+    """
+    tensor = as_values(scores, name, len(shape) + 1, finite=False)
+    if tuple(tensor.shape[:-1]) != tuple(shape) or tensor.shape[-1] < 1:
+        expected = "(" + ", ".join(str(n) for n in shape) + ", K)"
+        raise ValueError(f"{name}: expected shape {expected} with K >= 1 (one row per anchor), got {tuple(tensor.shape)}")
+    if not all_in_unit_interval(tensor):
+        bad = ~((tensor >= 0) & (tensor <= 1))  # NaN fails both comparisons
+        where = tuple(torch.nonzero(bad)[0].tolist())
+        row = where[0] if len(where) == 2 else where[:-1]
+        raise ValueError(f"{name}: row {row} class {where[-1]} is {float(tensor[where])}, expected a probability in [0, 1]")
+    return tensor
+
+
+def as_class_labels(labels, name, shape, num_classes, *, valid=None):
+    """GT classes of the prediction-aware assigners: integers of ``shape`` (``(G,)``, or
+    ``(B, G_max)`` when batched) in 0..K-1 -> int64 tensor. An empty array may have any real
+    dtype (``[]`` is a float array). ``valid`` (bool, of ``shape``; batched GTs): only the slots
+    that hold a GT are checked, the others become 0.
+
+    Raises:
+        ValueError: a wrong shape or a non-integer dtype (bool included); a class outside
+            0..K-1, naming its row (an int, or a (b, g) tuple when batched).
+    """
+    tensor = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
+    if tensor.numel() == 0 and tuple(tensor.shape) == tuple(shape) and tensor.dtype != torch.bool and not tensor.is_complex():
+        return torch.zeros(tuple(shape), dtype=torch.int64, device=tensor.device)
+    if (tuple(tensor.shape) != tuple(shape) or tensor.dtype == torch.bool or tensor.is_floating_point()
+            or tensor.is_complex()):
+        raise ValueError(f"{name}: expected a {tuple(shape)} integer array, got shape {tuple(tensor.shape)} "
+                         f"dtype {tensor.dtype}")
+    tensor = tensor.to(torch.int64)
+    bad = (tensor < 0) | (tensor >= num_classes)
+    if valid is not None:
+        valid = valid.to(tensor.device)
+        bad &= valid
+    if bool(bad.any()):
+        row = _first_row(bad)
+        raise ValueError(f"{name}: row {row} is {int(tensor[row])}, expected a class in 0..{num_classes - 1}")
+    return tensor if valid is None else torch.where(valid, tensor, 0)
+
+
 def check_same_device(tensor, reference, name, reference_name):
     """``tensor`` must be on the device of ``reference`` (an assigner never moves its inputs
     silently between devices). Returns ``tensor``."""

@@ -99,6 +99,49 @@ def as_pred_boxes(boxes, name, shape):
     return array
 
 
+
+def as_class_scores(scores, name, shape):
+    """Class probabilities of the prediction-aware assigners (TAL, SimOTA, DSL): an array of
+    shape ``shape + (K,)`` (``shape`` is ``(A,)``), K >= 1, every value in [0, 1] (so finite)
+    -> float64.
+
+    Raises:
+        ValueError: a wrong dtype or shape; a value that is NaN, Inf or outside [0, 1], naming
+            its row and class.
+    """
+    array = as_values(scores, name, len(shape) + 1, finite=False)
+    if array.shape[:-1] != tuple(shape) or array.shape[-1] < 1:
+        expected = "(" + ", ".join(str(n) for n in shape) + ", K)"
+        raise ValueError(f"{name}: expected shape {expected} with K >= 1 (one row per anchor), got {array.shape}")
+    bad = ~((array >= 0) & (array <= 1))  # NaN fails both comparisons
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        row = where[0] if len(where) == 2 else where[:-1]
+        raise ValueError(f"{name}: row {row} class {where[-1]} is {float(array[where])}, expected a probability in [0, 1]")
+    return array
+
+
+def as_class_labels(labels, name, shape, num_classes):
+    """GT classes of the prediction-aware assigners: integers of ``shape`` (``(G,)``) in
+    0..K-1 -> int64. An empty array may have any real dtype (``[]`` is a float array).
+
+    Raises:
+        ValueError: a wrong shape or a non-integer dtype (bool included); a class outside
+            0..K-1, naming its row.
+    """
+    array = np.asarray(labels)
+    real = np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)  # bool is neither
+    if array.size == 0 and array.shape == tuple(shape) and real:
+        return np.zeros(tuple(shape), dtype=np.int64)
+    if array.shape != tuple(shape) or array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{name}: expected a {tuple(shape)} integer array, got shape {array.shape} dtype {array.dtype}")
+    bad = (array < 0) | (array >= num_classes)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name}: row {row} is {int(array[row])}, expected a class in 0..{num_classes - 1}")
+    return array.astype(np.int64)
+
+
 def _as_real_array(values, name):
     array = np.asarray(values)
     if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):

@@ -30,7 +30,6 @@ GTs.
 import math
 import numbers
 
-import numpy as np
 import torch
 
 from detector.assign.atss import anchor_centers_of
@@ -41,10 +40,10 @@ from detector.assign.nearest import _exact_topk
 from detector.boxes import _centers, aligned_box_iou_unchecked
 from detector.conventions import BACKGROUND, BCE_LOG_MIN, OCTAVE_BASE_SCALE
 from detector.validation import (
-    all_in_unit_interval,
+    as_class_labels,
+    as_class_scores,
     as_boxes,
     as_pred_boxes,
-    as_values,
     check_level_counts,
     check_number,
     check_same_device,
@@ -114,10 +113,9 @@ def assign_dsl(
     for values, name in ((gt_boxes, "gt_boxes"), (gt_labels, "gt_labels"), (pred_boxes, "pred_boxes"), (pred_scores, "pred_scores")):
         check_same_device(values, anchors, name, "anchors")
     pred_boxes = as_pred_boxes(pred_boxes, "pred_boxes", (len(anchors), 4))  # errors name this image's rows
-    pred_scores = _check_scores(pred_scores, (len(anchors),))
+    pred_scores = as_class_scores(pred_scores, "pred_scores", (len(anchors),))
     gt_boxes = as_boxes(gt_boxes, "gt_boxes")
-    gt_valid = torch.ones(len(gt_boxes), dtype=torch.bool, device=gt_boxes.device)
-    gt_labels = _check_labels(gt_labels, gt_valid, pred_scores.shape[-1])
+    gt_labels = as_class_labels(gt_labels, "gt_labels", (len(gt_boxes),), pred_scores.shape[-1])
     return one_image(
         assign_dsl_batched,
         (anchors, num_anchors_per_level),
@@ -177,8 +175,8 @@ def assign_dsl_batched(
     check_same_device(pred_scores, anchors, "pred_scores", "anchors")
     check_same_device(gt_labels, anchors, "gt_labels", "anchors")
     pred_boxes = as_pred_boxes(pred_boxes, "pred_boxes", (batch, num_anchors, 4))
-    pred_scores = _check_scores(pred_scores, (batch, num_anchors))
-    gt_labels = _check_labels(gt_labels, gt_valid, pred_scores.shape[-1])
+    pred_scores = as_class_scores(pred_scores, "pred_scores", (batch, num_anchors))
+    gt_labels = as_class_labels(gt_labels, "gt_labels", tuple(gt_valid.shape), pred_scores.shape[-1], valid=gt_valid)
     topk = check_topk(topk)
     soft_center_radius = check_number(soft_center_radius, "soft_center_radius")
     iou_weight = check_number(iou_weight, "iou_weight", minimum=0.0)
@@ -478,44 +476,6 @@ def resolve_conflicts(positions, lowest_gt, num_priors):
     claimant.scatter_reduce_(1, target, gt_index, reduce="amax")  # one claimant: its index
     spare = torch.full((batch, 1), BACKGROUND, dtype=torch.int64, device=positions.device)
     return torch.where(claims > 1, torch.cat([lowest_gt, spare], dim=1), claimant)[:, :num_priors]
-
-
-def _check_scores(pred_scores, leading_shape):
-    """``pred_scores`` as a float tensor of shape ``leading_shape + (K,)`` of probabilities, K >= 1.
-
-    Values in [0, 1] are finite, so one test (``all_in_unit_interval``, two reductions)
-    passes good scores; only when it fails are the finite test and the search for the bad
-    value run, in the order of the checks, so that the errors are those of the reference."""
-    scores = as_values(pred_scores, "pred_scores", ndim=len(leading_shape) + 1, finite=False)
-    in_range = all_in_unit_interval(scores)
-    if not in_range:
-        as_values(scores, "pred_scores", ndim=len(leading_shape) + 1)  # raises for a NaN or Inf
-    if tuple(scores.shape[:-1]) != tuple(leading_shape) or scores.shape[-1] < 1:
-        expected = "(" + ", ".join(str(n) for n in leading_shape) + ", K)"
-        raise ValueError(f"pred_scores: expected shape {expected} with K >= 1 (one row per anchor), got {tuple(scores.shape)}")
-    if not in_range:
-        bad = (scores < 0) | (scores > 1)
-        where = tuple(torch.nonzero(bad)[0].tolist())
-        row = where[0] if len(where) == 2 else where[:-1]
-        raise ValueError(f"pred_scores: row {row} class {where[-1]} is {float(scores[where])}, expected a probability in [0, 1]")
-    return scores
-
-
-def _check_labels(gt_labels, gt_valid, num_classes):
-    """``gt_labels`` as an int64 tensor of the shape of ``gt_valid``, classes in 0..K-1 where
-    valid (padded slots become 0)."""
-    labels = gt_labels if isinstance(gt_labels, torch.Tensor) else torch.as_tensor(np.asarray(gt_labels))
-    if labels.numel() == 0 and labels.is_floating_point():  # an empty list has a float dtype
-        labels = labels.to(torch.int64)
-    if tuple(labels.shape) != tuple(gt_valid.shape) or labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-        raise ValueError(f"gt_labels: expected a {tuple(gt_valid.shape)} integer tensor, got shape {tuple(labels.shape)} dtype {labels.dtype}")
-    labels = labels.to(device=gt_valid.device, dtype=torch.int64)
-    bad = gt_valid & ((labels < 0) | (labels >= num_classes))
-    if bool(bad.any()):
-        where = tuple(torch.nonzero(bad)[0].tolist())
-        row = where[0] if len(where) == 1 else where
-        raise ValueError(f"gt_labels: row {row} is {int(labels[where])}, expected a class in 0..{num_classes - 1}")
-    return torch.where(gt_valid, labels, 0)
 
 
 # ---------------------------------------------------------------------------------------

@@ -40,9 +40,9 @@ from detector.assign.result import Assignment
 from detector.boxes import _centers, aligned_box_iou_unchecked
 from detector.conventions import BACKGROUND, BCE_LOG_MIN, OCTAVE_BASE_SCALE
 from detector.validation import (
-    all_in_unit_interval,
+    as_class_labels,
+    as_class_scores,
     as_pred_boxes,
-    as_values,
     check_level_counts,
     check_max_elements,
     check_number,
@@ -115,8 +115,8 @@ def assign_simota(
     """
     anchors = shared_boxes(anchors, "anchors")
     pred_boxes = as_pred_boxes(pred_boxes, "pred_boxes", (len(anchors), 4))  # errors name this image's rows
-    pred_scores = _as_scores(pred_scores, (len(anchors),))
-    gt_labels = _as_labels(gt_labels, (len(torch.as_tensor(gt_boxes)),), pred_scores.shape[-1])
+    pred_scores = as_class_scores(pred_scores, "pred_scores", (len(anchors),))
+    gt_labels = as_class_labels(gt_labels, "gt_labels", (len(torch.as_tensor(gt_boxes)),), pred_scores.shape[-1])
     return one_image(
         assign_simota_batched,
         (anchors, num_anchors_per_level),
@@ -175,9 +175,9 @@ def assign_simota_batched(
     check_same_device(pred_boxes, anchors, "pred_boxes", "anchors")
     pred_boxes = as_pred_boxes(pred_boxes, "pred_boxes", (batch, num_anchors, 4))
     check_same_device(pred_scores, anchors, "pred_scores", "anchors")
-    pred_scores = _as_scores(pred_scores, (batch, num_anchors))
+    pred_scores = as_class_scores(pred_scores, "pred_scores", (batch, num_anchors))
     check_same_device(gt_labels, anchors, "gt_labels", "anchors")
-    gt_labels = _as_labels(gt_labels, (batch, num_gts), pred_scores.shape[-1], gt_valid)
+    gt_labels = as_class_labels(gt_labels, "gt_labels", (batch, num_gts), pred_scores.shape[-1], valid=gt_valid)
     center_radius = check_number(center_radius, "center_radius", minimum=0.0)
     candidate_topk = _check_count(candidate_topk, "candidate_topk")
     iou_weight = check_number(iou_weight, "iou_weight", minimum=0.0)
@@ -446,46 +446,6 @@ def _resolve_conflicts(candidate_index, gt_boxes, gt_valid, gt_labels, centers, 
     batch_index = torch.arange(batch, device=device)[:, None].expand_as(anchors_index)
     owner[batch_index[anchors_valid], anchors_index[anchors_valid]] = best_gt[anchors_valid]
     return owner
-
-
-def _as_scores(pred_scores, leading_shape):
-    """Check and convert ``pred_scores``: (..., K) with K >= 1, finite, in [0, 1].
-
-    Values in [0, 1] are finite, so one test (``all_in_unit_interval``, two reductions)
-    passes good scores; only when it fails are the finite test and the search for the bad
-    value run, in the order of the checks, so that the errors are those of the reference."""
-    scores = as_values(pred_scores, "pred_scores", len(leading_shape) + 1, finite=False)
-    in_range = all_in_unit_interval(scores)
-    if not in_range:
-        as_values(scores, "pred_scores", len(leading_shape) + 1)  # raises for a NaN or Inf
-    if tuple(scores.shape[:-1]) != tuple(leading_shape) or scores.shape[-1] < 1:
-        expected = "(" + ", ".join(str(n) for n in leading_shape) + ", K)"
-        raise ValueError(f"pred_scores: expected shape {expected} with K >= 1, got {tuple(scores.shape)}")
-    if not in_range:
-        bad = (scores < 0) | (scores > 1)
-        index = torch.nonzero(bad)[0].tolist()[:-1]
-        row = index[0] if len(index) == 1 else tuple(index)
-        raise ValueError(f"pred_scores: row {row} has a value outside [0, 1]: {scores[tuple(index)].tolist()}")
-    return scores
-
-
-def _as_labels(gt_labels, shape, num_classes, gt_valid=None):
-    """Check and convert ``gt_labels``: integers of ``shape`` in 0..K-1 -> int64 (slots where
-    ``gt_valid`` is False are set to 0 first)."""
-    labels = gt_labels if isinstance(gt_labels, torch.Tensor) else torch.as_tensor(np.asarray(gt_labels))
-    if labels.numel() == 0 and tuple(labels.shape) == tuple(shape):  # an empty list has a float dtype
-        return labels.to(torch.int64)
-    if tuple(labels.shape) != tuple(shape) or labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-        raise ValueError(f"gt_labels: expected a {tuple(shape)} integer array, got shape {tuple(labels.shape)} dtype {labels.dtype}")
-    labels = labels.to(torch.int64)
-    if gt_valid is not None:
-        labels = torch.where(gt_valid.to(labels.device), labels, 0)
-    bad = (labels < 0) | (labels >= num_classes)
-    if bool(bad.any()):
-        index = torch.nonzero(bad)[0].tolist()
-        row = index[0] if len(index) == 1 else tuple(index)
-        raise ValueError(f"gt_labels: row {row} is {int(labels[tuple(index)])}, expected a class in 0..{num_classes - 1}")
-    return labels
 
 
 def _check_count(value, name):

@@ -37,10 +37,10 @@ from detector.assign.memo import shared_boxes
 from detector.boxes import _centers, aligned_box_iou_unchecked, safe_divide
 from detector.conventions import ATSS_INSIDE_EPS, BACKGROUND
 from detector.validation import (
-    all_in_unit_interval,
+    as_class_labels,
+    as_class_scores,
     as_boxes,
     as_pred_boxes,
-    as_values,
     check_max_elements,
     check_number,
     check_same_device,
@@ -103,9 +103,8 @@ def assign_tal(
         check_same_device(values, anchors, name, "anchors")
     # checked here first, so that errors name this image's rows, as the reference's do
     gt_boxes = as_boxes(gt_boxes, "gt_boxes")
-    pred_scores = _as_scores(pred_scores, "pred_scores", (len(anchors),))
-    valid = torch.ones(len(gt_boxes), dtype=torch.bool, device=gt_boxes.device)
-    gt_labels = _as_labels(gt_labels, "gt_labels", valid, pred_scores.shape[-1])
+    pred_scores = as_class_scores(pred_scores, "pred_scores", (len(anchors),))
+    gt_labels = as_class_labels(gt_labels, "gt_labels", (len(gt_boxes),), pred_scores.shape[-1])
     pred_boxes = as_pred_boxes(pred_boxes, "pred_boxes", (len(anchors), 4))
     device = anchors.device
     return one_image(
@@ -163,8 +162,8 @@ def assign_tal_batched(
     check_same_device(gt_labels, anchors, "gt_labels", "anchors")
     check_same_device(pred_scores, anchors, "pred_scores", "anchors")
     check_same_device(pred_boxes, anchors, "pred_boxes", "anchors")
-    pred_scores = _as_scores(pred_scores, "pred_scores", (batch, num_anchors))
-    gt_labels = _as_labels(gt_labels, "gt_labels", gt_valid, pred_scores.shape[-1])
+    pred_scores = as_class_scores(pred_scores, "pred_scores", (batch, num_anchors))
+    gt_labels = as_class_labels(gt_labels, "gt_labels", (batch, num_gts), pred_scores.shape[-1], valid=gt_valid)
     pred_boxes = as_pred_boxes(pred_boxes, "pred_boxes", (batch, num_anchors, 4))
     topk = check_topk(topk)
     alpha = check_number(alpha, "alpha", minimum=0.0)
@@ -376,60 +375,6 @@ def _power(values, exponent):
         if remaining:
             base = base * base
     return torch.ones_like(values) if result is None else result
-
-
-def _as_scores(scores, name, shape):
-    """Check and convert class probabilities: ``shape + (K,)``, K >= 1, finite, in [0, 1]
-    -> float tensor (``shape`` is (A,) or (B, A)).
-
-    Raises:
-        ValueError: wrong dtype or shape; a value that is NaN or outside [0, 1] (names the
-            first such row).
-    """
-    tensor = as_values(scores, name, len(shape) + 1, finite=False)
-    if tuple(tensor.shape[:-1]) != tuple(shape) or tensor.shape[-1] < 1:
-        expected = "(" + ", ".join(str(n) for n in shape) + ", K)"
-        raise ValueError(f"{name}: expected shape {expected} with K >= 1 (one row per anchor), got {tuple(tensor.shape)}")
-    if tensor.numel() == 0:
-        return tensor
-    if not all_in_unit_interval(tensor):  # two reductions in the common case
-        bad = ~((tensor >= 0) & (tensor <= 1)).all(dim=-1)  # NaN fails both comparisons
-        row = _first_index(bad)
-        raise ValueError(f"{name}: row {row} has a score that is NaN or outside [0, 1]: {tensor[row].tolist()}")
-    return tensor
-
-
-def _as_labels(labels, name, valid, num_classes):
-    """Check and convert GT labels: integers in 0..K-1 where ``valid`` -> int64 tensor of
-    ``valid``'s shape, 0 in the slots that are not valid (an empty array may have any real
-    dtype).
-
-    Raises:
-        ValueError: a non-integer dtype, a wrong shape, a valid label outside 0..K-1 (names
-            the first such row).
-    """
-    tensor = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
-    if tuple(tensor.shape) != tuple(valid.shape):
-        expected = "(" + ", ".join(str(n) for n in valid.shape) + ("," if valid.ndim == 1 else "") + ")"
-        raise ValueError(f"{name}: expected shape {expected} (one label per GT), got {tuple(tensor.shape)}")
-    if tensor.numel() == 0 and tensor.dtype != torch.bool and not tensor.is_complex():
-        return torch.zeros(tuple(valid.shape), dtype=torch.int64, device=tensor.device)
-    if tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex():
-        raise ValueError(f"{name}: expected integer class indices, got {tensor.dtype}")
-    valid = valid.to(tensor.device)
-    tensor = torch.where(valid, tensor.long(), 0)
-    bad = valid & ((tensor < 0) | (tensor >= num_classes))
-    if bool(bad.any()):
-        row = _first_index(bad)
-        raise ValueError(f"{name}: row {row} has label {int(tensor[row])}, expected 0..{num_classes - 1} "
-                         f"(pred_scores has K = {num_classes} classes)")
-    return tensor
-
-
-def _first_index(mask):
-    """Index of the first True entry of a (N,) or (B, N) mask: an int or a (b, n) tuple."""
-    index = torch.nonzero(mask)[0].tolist()
-    return index[0] if len(index) == 1 else tuple(index)
 
 
 # ---------------------------------------------------------------------------------------

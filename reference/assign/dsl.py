@@ -23,8 +23,9 @@ from reference.boxes import _centers, box_iou
 from reference.conventions import BACKGROUND, BCE_LOG_MIN, OCTAVE_BASE_SCALE
 from reference.validation import (
     as_boxes,
+    as_class_labels,
+    as_class_scores,
     as_pred_boxes,
-    as_values,
     check_level_counts,
     check_number,
     check_topk,
@@ -88,8 +89,8 @@ def assign_dsl(
     gt_boxes = as_boxes(gt_boxes, "gt_boxes")
     check_level_counts(num_anchors_per_level, len(anchors), "num_anchors_per_level")
     pred_boxes = as_pred_boxes(pred_boxes, "pred_boxes", (len(anchors), 4))
-    pred_scores = _check_scores(pred_scores, len(anchors))
-    gt_labels = _check_labels(gt_labels, len(gt_boxes), pred_scores.shape[1])
+    pred_scores = as_class_scores(pred_scores, "pred_scores", (len(anchors),))
+    gt_labels = as_class_labels(gt_labels, "gt_labels", (len(gt_boxes),), pred_scores.shape[1])
     topk = check_topk(topk)
     soft_center_radius = check_number(soft_center_radius, "soft_center_radius")
     iou_weight = check_number(iou_weight, "iou_weight", minimum=0.0)
@@ -352,28 +353,3 @@ def resolve_conflicts(positions, lowest_gt, num_priors):
         claimant[taken] = g
     return np.where(claims > 1, lowest_gt, claimant)
 
-
-def _check_scores(pred_scores, num_anchors):
-    """``pred_scores`` as a (A, K) float64 array of probabilities, K >= 1."""
-    scores = as_values(pred_scores, "pred_scores", ndim=2)
-    if scores.shape[0] != num_anchors or scores.shape[1] < 1:
-        raise ValueError(f"pred_scores: expected shape ({num_anchors}, K) with K >= 1 (one row per anchor), got {scores.shape}")
-    bad = (scores < 0) | (scores > 1)
-    if bad.any():
-        row, column = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"pred_scores: row {row} class {column} is {scores[row, column]}, expected a probability in [0, 1]")
-    return scores
-
-
-def _check_labels(gt_labels, num_gts, num_classes):
-    """``gt_labels`` as a (G,) int64 array of classes in 0..K-1."""
-    labels = np.asarray(gt_labels)
-    if labels.size == 0 and labels.shape in ((0,), (num_gts,)):  # an empty list has a float dtype
-        labels = labels.astype(np.int64)
-    if labels.shape != (num_gts,) or labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"gt_labels: expected a ({num_gts},) integer array, got shape {labels.shape} dtype {labels.dtype}")
-    bad = (labels < 0) | (labels >= num_classes)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"gt_labels: row {row} is {int(labels[row])}, expected a class in 0..{num_classes - 1}")
-    return labels.astype(np.int64)

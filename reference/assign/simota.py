@@ -20,7 +20,14 @@ import numpy as np
 from reference.assign.result import Assignment, empty_assignment
 from reference.boxes import _centers, box_iou
 from reference.conventions import BACKGROUND, BCE_LOG_MIN, OCTAVE_BASE_SCALE
-from reference.validation import as_boxes, as_pred_boxes, as_values, check_level_counts, check_number
+from reference.validation import (
+    as_boxes,
+    as_class_labels,
+    as_class_scores,
+    as_pred_boxes,
+    check_level_counts,
+    check_number,
+)
 
 #: Half-side of the centre region, in strides (YOLOX ``center_radius``).
 SIMOTA_CENTER_RADIUS = 2.5
@@ -83,8 +90,8 @@ def assign_simota(
     gt_boxes = as_boxes(gt_boxes, "gt_boxes")
     check_level_counts(num_anchors_per_level, len(anchors), "num_anchors_per_level")
     pred_boxes = as_pred_boxes(pred_boxes, "pred_boxes", (len(anchors), 4))
-    pred_scores = _as_scores(pred_scores, len(anchors))
-    gt_labels = _as_labels(gt_labels, len(gt_boxes), pred_scores.shape[1])
+    pred_scores = as_class_scores(pred_scores, "pred_scores", (len(anchors),))
+    gt_labels = as_class_labels(gt_labels, "gt_labels", (len(gt_boxes),), pred_scores.shape[1])
     center_radius = check_number(center_radius, "center_radius", minimum=0.0)
     candidate_topk = _check_count(candidate_topk, "candidate_topk")
     iou_weight = check_number(iou_weight, "iou_weight", minimum=0.0)
@@ -299,32 +306,6 @@ def _resolve_conflicts(cost, chosen):
     contested = np.flatnonzero(count > 1)
     owner[contested] = np.argmin(cost[:, contested], axis=0)  # over all GTs, first minimum
     return owner.astype(np.int64)
-
-
-def _as_scores(pred_scores, num_anchors):
-    """Check and convert ``pred_scores``: (A, K) with K >= 1, finite, in [0, 1]."""
-    scores = as_values(pred_scores, "pred_scores", 2)
-    if scores.shape[0] != num_anchors or scores.shape[1] < 1:
-        raise ValueError(f"pred_scores: expected shape ({num_anchors}, K) with K >= 1, got {scores.shape}")
-    bad = (scores < 0) | (scores > 1)
-    if bad.any():
-        row = int(np.argwhere(bad)[0][0])
-        raise ValueError(f"pred_scores: row {row} has a value outside [0, 1]: {scores[row].tolist()}")
-    return np.ascontiguousarray(scores)
-
-
-def _as_labels(gt_labels, num_gts, num_classes):
-    """Check and convert ``gt_labels``: (G,) integers in 0..K-1 -> int64."""
-    labels = np.asarray(gt_labels)
-    if labels.shape == (0,) and num_gts == 0:  # an empty list has a float dtype
-        return np.zeros(0, dtype=np.int64)
-    if labels.shape != (num_gts,) or not (np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool):
-        raise ValueError(f"gt_labels: expected a ({num_gts},) integer array, got shape {labels.shape} dtype {labels.dtype}")
-    bad = (labels < 0) | (labels >= num_classes)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"gt_labels: row {row} is {int(labels[row])}, expected a class in 0..{num_classes - 1}")
-    return labels.astype(np.int64)
 
 
 def _check_count(value, name):

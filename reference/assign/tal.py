@@ -18,7 +18,7 @@ from reference.assign.atss import resolve_multiple_matches
 from reference.assign.result import Assignment, empty_assignment
 from reference.boxes import _centers, box_iou, safe_divide
 from reference.conventions import ATSS_INSIDE_EPS
-from reference.validation import as_boxes, as_pred_boxes, as_values, check_number, check_topk
+from reference.validation import as_boxes, as_class_labels, as_class_scores, as_pred_boxes, check_number, check_topk
 
 #: TOOD's number of positive candidates per GT (mmdetection ``TaskAlignedAssigner(topk=13)``).
 TAL_TOPK = 13
@@ -70,8 +70,8 @@ def assign_tal(
     """
     anchors = as_boxes(anchors, "anchors")
     gt_boxes = as_boxes(gt_boxes, "gt_boxes")
-    pred_scores = _as_scores(pred_scores, "pred_scores", len(anchors))
-    gt_labels = _as_labels(gt_labels, "gt_labels", len(gt_boxes), pred_scores.shape[1])
+    pred_scores = as_class_scores(pred_scores, "pred_scores", (len(anchors),))
+    gt_labels = as_class_labels(gt_labels, "gt_labels", (len(gt_boxes),), pred_scores.shape[1])
     pred_boxes = as_pred_boxes(pred_boxes, "pred_boxes", (len(anchors), 4))
     topk = check_topk(topk)
     alpha = check_number(alpha, "alpha", minimum=0.0)
@@ -257,42 +257,3 @@ def _power(values, exponent):
             base = base * base
     return result
 
-
-def _as_scores(scores, name, num_anchors):
-    """Check and convert class probabilities: (A, K), K >= 1, finite, in [0, 1] -> float64.
-
-    Raises:
-        ValueError: wrong dtype or shape; a value that is NaN or outside [0, 1] (names the
-            first such row).
-    """
-    array = as_values(scores, name, 2, finite=False)
-    if array.shape[0] != num_anchors or array.shape[1] < 1:
-        raise ValueError(f"{name}: expected shape ({num_anchors}, K) with K >= 1 (one row per anchor), got {array.shape}")
-    bad = ~((array >= 0) & (array <= 1)).all(axis=-1)  # NaN fails both comparisons
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{name}: row {row} has a score that is NaN or outside [0, 1]: {array[row].tolist()}")
-    return array
-
-
-def _as_labels(labels, name, num_gts, num_classes):
-    """Check and convert GT labels: (G,) integers in 0..K-1 -> int64 (an empty array may
-    have any real dtype).
-
-    Raises:
-        ValueError: a non-integer dtype, a wrong shape, a label outside 0..K-1 (names the
-            first such row).
-    """
-    array = np.asarray(labels)
-    if array.shape != (num_gts,):
-        raise ValueError(f"{name}: expected shape ({num_gts},) (one label per GT), got {array.shape}")
-    if array.size == 0 and array.dtype != bool and np.issubdtype(array.dtype, np.number):
-        return np.zeros(0, dtype=np.int64)
-    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name}: expected integer class indices, got {array.dtype}")
-    bad = (array < 0) | (array >= num_classes)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{name}: row {row} has label {int(array[row])}, expected 0..{num_classes - 1} "
-                         f"(pred_scores has K = {num_classes} classes)")
-    return array.astype(np.int64)

@@ -2,7 +2,8 @@
 
 - every reference module has a detector twin with the same public names;
 - twins take the same parameters in the same order (the detector may add the
-  keyword-only ``device``, ``dtype``, ``max_elements``, and ``batched``);
+  keyword-only ``device``, ``dtype``, ``max_elements``, ``batched``, and ``valid``, the mask
+  of the GT slots that hold a GT in a padded batch);
 - the definitions (top-level functions and classes, public and private) that a module and
   its twin share appear in the same relative order, so that ``diff`` lines them up (a twin
   may add definitions in between);
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DETECTOR_ONLY_PARAMETERS = {"device", "dtype", "max_elements", "batched"}
+DETECTOR_ONLY_PARAMETERS = {"device", "dtype", "max_elements", "batched", "valid"}
 
 
 def _python_files(tree):

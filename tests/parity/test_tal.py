@@ -249,7 +249,7 @@ def test_batched_bad_labels_name_image_and_slot():
     gts, valid = pad_gt_boxes([GT, np.vstack([GT, GT])])
     labels = torch.tensor([[0, -7], [0, 3]])  # (0, 1) is padding: anything goes; (1, 1) is real
     args = (to_torch(ANCHORS), gts, valid, labels, to_torch(np.stack([SCORES] * 2)), to_torch(np.stack([PREDICTIONS] * 2)))
-    with pytest.raises(ValueError, match=r"gt_labels: row \(1, 1\) has label 3"):
+    with pytest.raises(ValueError, match=r"gt_labels: row \(1, 1\) is 3, expected a class in 0..0"):
         assign_tal_batched(*args)
     with pytest.raises(ValueError, match="max_elements"):
         assign_tal_batched(*args[:3], torch.tensor([[0, 0], [0, 0]]), *args[4:], max_elements=0)
