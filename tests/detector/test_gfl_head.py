@@ -20,27 +20,10 @@ from detector.modeling.head import HEAD_TYPES  # noqa: E402
 from detector.paper_rows import rows_of_config  # noqa: E402
 from detector.postprocess import clip_boxes  # noqa: E402
 from detector.train import train  # noqa: E402
+from tests.detector.heads import IMAGE, small_model, two_image_targets  # noqa: E402
 from tests.detector.test_train_smoke import tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.torch
-
-IMAGE = (64, 96)
-SMALL = ["fpn.out_channels=16", "head.width=16", "head.gn_groups=8"]
-
-
-def _model(name, *extra, num_classes=3):
-    torch.manual_seed(0)
-    return Detector(get_config(name, SMALL + list(extra)), num_classes)
-
-
-def _targets():
-    """Two images: three GTs (one duplicated, one slender) and none."""
-    boxes = torch.tensor([[4.0, 6.0, 40.0, 50.0], [4.0, 6.0, 40.0, 50.0], [50.0, 10.0, 90.0, 18.0]])
-    return pad_targets([
-        {"boxes": boxes, "labels": torch.tensor([0, 1, 2])},
-        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
-    ])
-
 
 # ---------------------------------------------------------------------------------------
 # configuration
@@ -82,7 +65,7 @@ def test_paper_configs_follow_the_atss_recipe_with_the_gflv2_head():
 
 @pytest.mark.parametrize("head_type, reg_max", [("gfl", 16), ("gflv2", 16), ("gflv2", 7)])
 def test_head_output_shapes(head_type, reg_max):
-    model = _model("demo_gflv2", f"head.type={head_type}", f"head.reg_max={reg_max}").eval()
+    model = small_model("demo_gflv2", f"head.type={head_type}", f"head.reg_max={reg_max}").eval()
     assert model.head.quality is None
     outputs = model(torch.randn(2, 3, *IMAGE))
     locations = sum(h * w for h, w in outputs.feature_sizes)
@@ -109,9 +92,9 @@ def test_head_output_shapes(head_type, reg_max):
 
 
 def test_priors_decode_the_distribution_from_the_anchor_centres():
-    model = _model("demo_gflv2")
+    model = small_model("demo_gflv2")
     priors = model.priors(IMAGE)
-    assert priors.reg_max == 16 and _model("demo_atss").priors(IMAGE).reg_max is None
+    assert priors.reg_max == 16 and small_model("demo_atss").priors(IMAGE).reg_max is None
     centres = (priors.anchors[:, :2] + priors.anchors[:, 2:]) / 2
     torch.testing.assert_close(centres, priors.points)  # the points are the anchor centres
     generator = torch.Generator().manual_seed(1)
@@ -133,7 +116,7 @@ def test_priors_decode_the_distribution_from_the_anchor_centres():
 
 
 def _scene(head_type, cls_shift):
-    model = _model("demo_gflv2", f"head.type={head_type}")
+    model = small_model("demo_gflv2", f"head.type={head_type}")
     priors = model.priors(IMAGE)
     locations = priors.points.shape[0]
     generator = torch.Generator().manual_seed(2)
@@ -179,7 +162,7 @@ def _direct_terms(priors, outputs, targets, matched_gt):
 @pytest.mark.parametrize("cls_shift", [0.0, -6.0])  # sum of weights above 1, and below 1 (where mmdet clamps it)
 def test_loss_terms_equal_a_direct_computation(head_type, cls_shift):
     model, priors, outputs = _scene(head_type, cls_shift)
-    targets = _targets()
+    targets = two_image_targets()
     result = model.objective(priors, outputs, targets)
     # plain ATSS on the anchors
     atss = assign_atss_batched(priors.anchors, priors.num_per_level, targets.gt_boxes, targets.gt_valid).matched_gt
@@ -221,7 +204,7 @@ def test_losses_without_positives():
 
 
 def test_gflv2_score_is_the_class_probability_times_the_dgqp_quality():
-    model = _model("demo_gflv2", "inference.score_threshold=0.001")
+    model = small_model("demo_gflv2", "inference.score_threshold=0.001")
     model.eval()
     with torch.no_grad():
         outputs = model(torch.randn(2, 3, *IMAGE))
@@ -242,7 +225,7 @@ def test_gflv2_score_is_the_class_probability_times_the_dgqp_quality():
 
 
 def test_dynamic_atss_reads_the_boxes_of_the_distribution_detached(monkeypatch):
-    model = _model("demo_gflv2_ciou")
+    model = small_model("demo_gflv2_ciou")
     row = ASSIGNERS["dynamic_atss"]
     seen = []
 
@@ -252,7 +235,7 @@ def test_dynamic_atss_reads_the_boxes_of_the_distribution_detached(monkeypatch):
 
     monkeypatch.setitem(ASSIGNERS, "dynamic_atss", dataclasses.replace(row, run=recording))
     outputs = model(torch.randn(2, 3, *IMAGE))
-    result = model.losses(outputs, _targets(), IMAGE, iteration=3, max_iterations=10)
+    result = model.losses(outputs, two_image_targets(), IMAGE, iteration=3, max_iterations=10)
     priors = model.priors(IMAGE, outputs.feature_sizes)
     assert len(seen) == 1 and not seen[0].requires_grad
     expected = gfl.decode_distribution(priors.points, priors.strides, outputs.box_regression.detach())

@@ -20,19 +20,10 @@ from detector.data.collate import pad_targets  # noqa: E402
 from detector.modeling import ASSIGNERS, Detector  # noqa: E402
 from detector.modeling import assigners as table  # noqa: E402
 from detector.modeling.detector import Priors  # noqa: E402
+from tests.detector.heads import IMAGE, two_image_targets  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
-IMAGE = (64, 96)
-
-
-def _targets():
-    """Two images: three GTs (one duplicated, one slender) and none."""
-    boxes = torch.tensor([[4.0, 6.0, 40.0, 50.0], [4.0, 6.0, 40.0, 50.0], [50.0, 10.0, 90.0, 18.0]])
-    return pad_targets([
-        {"boxes": boxes, "labels": torch.tensor([0, 1, 2])},
-        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
-    ])
 
 
 def _priors(family):
@@ -90,7 +81,7 @@ def test_each_row_passes_every_option_to_its_assigner(name, monkeypatch):
     options, function_name, expected_kwargs = CASES[name]
     row = ASSIGNERS[name]
     assert type(options) is row.options and options.name == name
-    priors, targets = _priors(row.family), _targets()
+    priors, targets = _priors(row.family), two_image_targets()
     pred_boxes = _pred_boxes(priors)
     function = getattr(table, function_name)
     calls = []
@@ -140,7 +131,7 @@ def test_the_objective_decodes_once_and_the_assigner_reads_detached_boxes(monkey
     config = get_config("demo", ["fpn.out_channels=16", "head.width=16", "head.gn_groups=8"])
     model = Detector(config, 3)
     images = torch.randn(2, 3, *IMAGE)
-    targets = _targets()
+    targets = two_image_targets()
     calls, seen = [], []
     real_decode = Priors.decode
 
@@ -184,7 +175,7 @@ def test_ignore_regions_travel_in_the_padded_targets():
 
 
 def test_score_reading_assigners_need_scores_and_tal_warms_up_with_atss():
-    priors, targets = _priors("anchor_based"), _targets()
+    priors, targets = _priors("anchor_based"), two_image_targets()
     pred_boxes = _pred_boxes(priors)
     with pytest.raises(ValueError, match="tal reads the predicted class scores; pass pred_scores"):
         table.assign(table.TalOptions(), priors, targets, pred_boxes)
@@ -223,7 +214,7 @@ def test_the_objective_trains_on_the_assigners_soft_targets(monkeypatch):
     monkeypatch.setitem(ASSIGNERS, "simota", dataclasses.replace(row, run=recording))
     monkeypatch.setattr(loss_step, "loss_sums_batched", recording_sums)
     outputs = model(images)
-    model.losses(outputs, _targets(), IMAGE)
+    model.losses(outputs, two_image_targets(), IMAGE)
     assert seen["scores"].dtype == torch.float32 and not seen["scores"].requires_grad
     torch.testing.assert_close(seen["scores"], outputs.cls_logits.detach().sigmoid(), rtol=0, atol=0)
     assert seen["soft_targets"] is seen["assignment"].matched_metric

@@ -22,27 +22,12 @@ from detector.paper_rows import rows_of_config  # noqa: E402
 from detector.postprocess import clip_boxes  # noqa: E402
 from detector.train import train  # noqa: E402
 from reference import vfnet as RV  # noqa: E402
+from tests.detector.heads import IMAGE, small_model, two_image_targets  # noqa: E402
 from tests.detector.test_train_smoke import tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
-IMAGE = (64, 96)
 SIZES = [(8, 12), (4, 6), (2, 3)]
-SMALL = ["fpn.out_channels=16", "head.width=16", "head.gn_groups=8"]
-
-
-def _model(name="demo_vfnet", *extra, num_classes=3):
-    torch.manual_seed(0)
-    return Detector(get_config(name, SMALL + list(extra)), num_classes)
-
-
-def _targets():
-    """Two images: three GTs (one duplicated, one slender) and none."""
-    boxes = torch.tensor([[4.0, 6.0, 40.0, 50.0], [4.0, 6.0, 40.0, 50.0], [50.0, 10.0, 90.0, 18.0]])
-    return pad_targets([
-        {"boxes": boxes, "labels": torch.tensor([0, 1, 2])},
-        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
-    ])
 
 
 # ---------------------------------------------------------------------------------------
@@ -84,7 +69,7 @@ def test_paper_configs_follow_the_atss_recipe_with_the_vfnet_head():
 
 
 def test_output_shapes_and_the_refined_box():
-    model = _model().eval()
+    model = small_model("demo_vfnet").eval()
     assert model.head.cls_dconv.weight.shape == (16, 16, 3, 3)
     images = torch.randn(2, 3, *IMAGE)
     outputs = model(images)
@@ -109,7 +94,7 @@ def test_output_shapes_and_the_refined_box():
     torch.testing.assert_close(refined, ratio * initial)
     # the priors decode the refined boxes; decode_initial the initial ones
     priors = model.priors(IMAGE)
-    assert priors.refined_ltrb and not _model("demo_atss").priors(IMAGE).refined_ltrb
+    assert priors.refined_ltrb and not small_model("demo_atss").priors(IMAGE).refined_ltrb
     torch.testing.assert_close(priors.decode(outputs.box_regression)[0],
                                decode_ltrb(priors.points, outputs.box_regression[0, :, 4:], priors.strides))
     torch.testing.assert_close(priors.decode_initial(outputs.box_regression)[1],
@@ -117,7 +102,7 @@ def test_output_shapes_and_the_refined_box():
 
 
 def test_star_offsets_equal_the_reference_and_sample_the_star_points():
-    model = _model()
+    model = small_model("demo_vfnet")
     seen = []
     model.head.cls_dconv.register_forward_pre_hook(lambda module, args: seen.append(args[1].detach()))
     images = torch.randn(1, 3, *IMAGE)
@@ -144,7 +129,7 @@ def test_star_offsets_equal_the_reference_and_sample_the_star_points():
 
 
 def test_gradient_mul_and_the_detached_initial_box():
-    model = _model()
+    model = small_model("demo_vfnet")
     features = [f.detach() for f in model.fpn(model.backbone(torch.randn(1, 3, *IMAGE)))]
     weight = model.head.box_init.weight
 
@@ -169,7 +154,7 @@ def test_gradient_mul_and_the_detached_initial_box():
 
 
 def _scene(name="demo_vfnet"):
-    model = _model(name)
+    model = small_model(name)
     priors = model.priors(IMAGE)
     locations = priors.points.shape[0]
     generator = torch.Generator().manual_seed(2)
@@ -208,7 +193,7 @@ def _direct_terms(priors, outputs, targets, matched_gt):
 
 def test_loss_terms_equal_a_direct_computation():
     model, priors, outputs = _scene()
-    targets = _targets()
+    targets = two_image_targets()
     result = model.objective(priors, outputs, targets)
     atss = assign_atss_batched(priors.anchors, priors.num_per_level, targets.gt_boxes, targets.gt_valid).matched_gt
     torch.testing.assert_close(result.assignment.matched_gt, atss)
@@ -244,7 +229,7 @@ def test_losses_without_positives():
 
 
 def test_dynamic_atss_reads_the_refined_boxes_detached(monkeypatch):
-    model = _model("demo_vfnet_ciou")
+    model = small_model("demo_vfnet_ciou")
     row = ASSIGNERS["dynamic_atss"]
     seen = []
 
@@ -254,7 +239,7 @@ def test_dynamic_atss_reads_the_refined_boxes_detached(monkeypatch):
 
     monkeypatch.setitem(ASSIGNERS, "dynamic_atss", dataclasses.replace(row, run=recording))
     outputs = model(torch.randn(2, 3, *IMAGE))
-    result = model.losses(outputs, _targets(), IMAGE, iteration=3, max_iterations=10)
+    result = model.losses(outputs, two_image_targets(), IMAGE, iteration=3, max_iterations=10)
     priors = model.priors(IMAGE, outputs.feature_sizes)
     assert len(seen) == 1 and not seen[0].requires_grad
     refined = torch.stack([decode_ltrb(priors.points, r[:, 4:], priors.strides) for r in outputs.box_regression.detach()])
@@ -268,7 +253,7 @@ def test_dynamic_atss_reads_the_refined_boxes_detached(monkeypatch):
 
 
 def test_predict_scores_the_iou_aware_score_with_the_refined_boxes():
-    model = _model("demo_vfnet", "inference.score_threshold=0.001").eval()
+    model = small_model("demo_vfnet", "inference.score_threshold=0.001").eval()
     with torch.no_grad():
         outputs = model(torch.randn(2, 3, *IMAGE))
     detections = model.predict(outputs, IMAGE, [IMAGE, (60, 90)])
