@@ -91,7 +91,8 @@ class Position:
     bad_total: int = 0
 
 
-def train(config, run_dir=None, *, resume=False, progress=True, stop_after=None, evaluate_at_end=True):
+def train(config, run_dir=None, *, resume=False, progress=True, stop_after=None, evaluate_at_end=True,
+          second_interrupt_aborts=True):
     """Train ``config`` in ``run_dir``; return the final metrics dict (or None).
 
     Args:
@@ -102,6 +103,10 @@ def train(config, run_dir=None, *, resume=False, progress=True, stop_after=None,
         stop_after: stop (as an interruption would: checkpoint, no evaluation) once this
             many iterations in total have run; for tests and time-boxed runs.
         evaluate_at_end: evaluate on the val split (``data.metric``) at the end of the schedule.
+        second_interrupt_aborts: a second Ctrl-C / SIGTERM aborts at once (interactive use).
+            False in a study's worker process, where one stop request can arrive twice (the
+            terminal's Ctrl-C and the study's SIGTERM; the process pool's own termination of
+            its workers): an abort there would cut the checkpoint being written.
     """
     run = _setup(config, run_dir)
     position = _resume(run) if resume else _start(run)
@@ -111,7 +116,8 @@ def train(config, run_dir=None, *, resume=False, progress=True, stop_after=None,
               f"device: {run.device}, processes: {runtime.world_size()}, train images: {len(run.data.train)}, "
               f"iterations: {run.max_iterations} ({run.iters_per_epoch} per epoch, "
               f"{run.max_iterations / run.iters_per_epoch:.4g} epochs)", flush=True)
-    if not _train_epochs(run, position, progress=progress, stop_after=stop_after):
+    if not _train_epochs(run, position, progress=progress, stop_after=stop_after,
+                         second_interrupt_aborts=second_interrupt_aborts):
         return None
     return _final_evaluation(run) if evaluate_at_end else None
 
@@ -173,7 +179,7 @@ def _resume(run):
     return position
 
 
-def _train_epochs(run, position, *, progress, stop_after):
+def _train_epochs(run, position, *, progress, stop_after, second_interrupt_aborts):
     """The optimisation loop from ``position`` to the end of the schedule.
 
     Returns:
@@ -183,7 +189,7 @@ def _train_epochs(run, position, *, progress, stop_after):
         checkpoint of the position reached.
     """
     config = run.config
-    interrupted = _InterruptFlag()
+    interrupted = _InterruptFlag(second_aborts=second_interrupt_aborts)
     bar = _progress_bar(run.max_iterations, position.iteration, enabled=progress and run.is_main)
     throughput = engine.Throughput()
     consecutive_bad = 0
@@ -403,10 +409,12 @@ def _progress_bar(total, initial, enabled):
 
 
 class _InterruptFlag:
-    """First Ctrl-C / SIGTERM: finish the step, checkpoint, exit. A second one aborts."""
+    """First Ctrl-C / SIGTERM: finish the step, checkpoint, exit. A second one aborts (with
+    ``second_aborts``; otherwise it is ignored)."""
 
-    def __init__(self):
+    def __init__(self, second_aborts=True):
         self.flag = False
+        self.second_aborts = second_aborts
         self._previous = {}
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -416,7 +424,9 @@ class _InterruptFlag:
 
     def _handle(self, signum, frame):
         if self.flag:
-            raise KeyboardInterrupt
+            if self.second_aborts:
+                raise KeyboardInterrupt
+            return
         self.flag = True
         print("\ninterrupt: finishing this step and writing a checkpoint (interrupt again to abort)", file=sys.stderr)
 

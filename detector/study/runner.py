@@ -32,6 +32,7 @@ from pathlib import Path
 from detector.files import write_json_atomically
 
 EXECUTORS = ("local", "slurm", "submitit-local", "submitit-debug")
+WORKER_STOP_SECONDS = 120  # how long a stopping study waits for a worker's step and checkpoint
 #: Fields of a config that do not change its result (left out of the run key).
 VOLATILE_FIELDS = {"name", "description", "reproduces", "device", "threads", "output_dir", "log_every", "eval_batch_size"}
 VOLATILE_DATA_FIELDS = {"root", "num_workers", "cache_images"}
@@ -127,10 +128,13 @@ class RunInterrupted(KeyboardInterrupt):
     instead of counting the run as failed and starting the next one."""
 
 
-def execute_run(spec, runs_dir, results_dir, threads=1):
+def execute_run(spec, runs_dir, results_dir, threads=1, *, in_worker=False):
     """Train one run (continuing from its checkpoint if it has one) and store its result.
 
-    Runs in a worker process or a Slurm job: prints go to ``RUNS/<key>/train.log``.
+    Runs in a worker process or a Slurm job: prints go to ``RUNS/<key>/train.log``. In a
+    local worker (``in_worker``) a repeated stop signal does not abort the training: the
+    study's parent asks once, but the pool and the terminal may repeat the request, and an
+    abort would cut the checkpoint that the first request is writing.
 
     Returns:
         the path of the result file.
@@ -150,7 +154,8 @@ def execute_run(spec, runs_dir, results_dir, threads=1):
     with open(run_dir / "train.log", "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log):
         if not (run_dir / METRICS_FILE).is_file():
-            metrics = train(config, run_dir, resume=(run_dir / "last.pth").is_file(), progress=False)
+            metrics = train(config, run_dir, resume=(run_dir / "last.pth").is_file(), progress=False,
+                            second_interrupt_aborts=not in_worker)
             if metrics is None:  # SIGTERM / Ctrl-C reached the training: it checkpointed and stopped
                 raise RunInterrupted(f"run {key} was interrupted; its checkpoint is {run_dir / 'last.pth'}")
     metrics = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
@@ -254,7 +259,13 @@ def _run_local(pending, runs_dir, results_dir, jobs, threads, bar):
         for process in workers:
             process.terminate()
         for process in workers:
-            process.join(timeout=120)
+            process.join(timeout=WORKER_STOP_SECONDS)
+        for process in workers:
+            if process.is_alive():  # never leave a worker training after the study has stopped
+                print(f"a worker did not stop within {WORKER_STOP_SECONDS} s; killed it (its run resumes from its "
+                      "last checkpoint)", file=sys.stderr)
+                process.kill()
+                process.join()
         raise
     pool.shutdown(wait=True)
     return finished
@@ -302,8 +313,8 @@ def _worker_run(spec, runs_dir, results_dir, threads):
     worker would otherwise take the next queued run (the pool hands each worker one run
     ahead), and the study would go on training after it was told to stop."""
     try:
-        return execute_run(spec, runs_dir, results_dir, threads)
-    except RunInterrupted:
+        return execute_run(spec, runs_dir, results_dir, threads, in_worker=True)
+    except KeyboardInterrupt:  # RunInterrupted, or a stop signal outside the training loop
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)

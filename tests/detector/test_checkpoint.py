@@ -272,3 +272,42 @@ def test_a_save_killed_half_way_leaves_an_orphan_that_the_next_start_removes(tmp
     train(config, run_dir, progress=False, stop_after=1, evaluate_at_end=False)
     assert not orphan.exists() and list(run_dir.glob(".*.tmp")) == []
     assert load_checkpoint(run_dir / "last.pth")["iteration"] == 1
+
+
+@pytest.mark.parametrize("second_aborts", [True, False])
+def test_a_repeated_stop_signal_during_a_checkpoint(tmp_path, straight_run, monkeypatch, second_aborts):
+    """Two SIGTERMs while the epoch-end checkpoint is written: interactively the second one
+    aborts at once; in a study's worker (second_interrupt_aborts=False) it is ignored, the run
+    stops after its next step with a checkpoint, and resuming gives the uninterrupted run."""
+    import os
+    import signal
+
+    import detector.train
+
+    config, straight = straight_run
+    real = detector.train.save_checkpoint
+    signalled = []
+
+    def save_while_signalled(state, path):
+        if not signalled:
+            signalled.append(state["iteration"])
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(state, path)
+
+    monkeypatch.setattr(detector.train, "save_checkpoint", save_while_signalled)
+    run_dir = tmp_path / "run"
+    before = signal.getsignal(signal.SIGTERM)
+    if second_aborts:
+        with pytest.raises(KeyboardInterrupt):
+            train(config, run_dir, progress=False, evaluate_at_end=False)
+        assert not (run_dir / "last.pth").exists()
+        return
+    assert train(config, run_dir, progress=False, evaluate_at_end=False, second_interrupt_aborts=False) is None
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGTERM) == before  # the training's handler is gone
+    assert signalled == [4] and load_checkpoint(run_dir / "last.pth")["iteration"] == 5  # the step after the signals
+    train(config, run_dir, resume=True, progress=False, evaluate_at_end=False)
+    a, b = load_checkpoint(straight / "last.pth"), load_checkpoint(run_dir / "last.pth")
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)

@@ -351,7 +351,9 @@ def test_terminating_a_study_stops_its_workers_and_keeps_their_checkpoints(micro
 
     study, root = micro
     path = tmp_path / "long.toml"
-    overrides = list(study.overrides) + ["solver.epochs=40", "solver.steps=30"]
+    # long enough that neither run can finish while the other worker is still starting (at 40
+    # epochs one run could end and the queued one start before both were seen training)
+    overrides = list(study.overrides) + ["solver.epochs=2000", "solver.steps=30"]
     path.write_text(f'name = "long"\nbaseline = "a"\nseeds = [7]\noverrides = {json.dumps(overrides)}\n'
                     '[[arms]]\nname = "a"\nconfig = "study_atss"\n'
                     '[[arms]]\nname = "b"\nconfig = "study_atss"\noverrides = ["assign.topk=5"]\n'
@@ -378,6 +380,7 @@ def test_terminating_a_study_stops_its_workers_and_keeps_their_checkpoints(micro
     assert {log: log.stat().st_size for log in runs.glob("*/log.jsonl")} == sizes  # nobody trains any more
     assert len(list(runs.glob("*/last.pth"))) == 2  # each interrupted run checkpointed its position
     assert len(sizes) == 2  # the queued run never started
+    assert not list((tmp_path / "results").glob("runs/*.json"))  # and no run finished
 
 
 def test_an_interrupted_run_stops_an_in_process_study(micro, tmp_path, monkeypatch):
