@@ -428,7 +428,8 @@ class _InterruptFlag:
                 raise KeyboardInterrupt
             return
         self.flag = True
-        print("\ninterrupt: finishing this step and writing a checkpoint (interrupt again to abort)", file=sys.stderr)
+        again = " (interrupt again to abort)" if self.second_aborts else ""
+        print(f"\ninterrupt: finishing this step and writing a checkpoint{again}", file=sys.stderr)
 
     def restore(self):
         for sig, handler in self._previous.items():
